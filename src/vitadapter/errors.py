@@ -1,0 +1,13 @@
+"""Exceptions raised for bad input: each message says what was wrong and what to do."""
+
+
+class VitAdapterError(Exception):
+    """Base class of the errors this package raises for bad input or unusable files."""
+
+
+class ConfigError(VitAdapterError, ValueError):
+    """A configuration that cannot describe a model this package builds."""
+
+
+class CheckpointError(VitAdapterError):
+    """A checkpoint that cannot be read or does not fit the model."""
