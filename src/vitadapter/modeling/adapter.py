@@ -1,0 +1,231 @@
+"""ViT-Adapter around a BEiT: spatial prior module, injectors, extractors and output fusion."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import BackboneConfig, Behaviour
+from .beit import Block, PatchEmbed
+from .deform_attn import MSDeformAttn
+
+Shapes = tuple[tuple[int, int], ...]
+
+
+@lru_cache(maxsize=16)
+def reference_points(shapes: Shapes, device: torch.device) -> torch.Tensor:
+    """Pixel centres ``((j + 0.5) / W, (i + 0.5) / H)`` of each level, row-major and
+    concatenated, shape ``(1, sum(H*W), 1, 2)`` in float32. Cached per size and device."""
+    points = []
+    for h, w in shapes:
+        ref_y, ref_x = torch.meshgrid(
+            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
+            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            indexing="ij")
+        points.append(torch.stack((ref_x.reshape(-1)[None] / w, ref_y.reshape(-1)[None] / h),
+                                  -1))
+    return torch.cat(points, 1)[:, :, None]
+
+
+def pyramid_shapes(height: int, width: int) -> Shapes:
+    """The 1/8, 1/16 and 1/32 grids of an input of ``height x width`` pixels."""
+    return tuple((height // s, width // s) for s in (8, 16, 32))
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class SpatialPriorModule(nn.Module):
+    """Convolutional stem giving 1/4, 1/8, 1/16 and 1/32 maps projected to the ViT width."""
+
+    def __init__(self, inplanes: int, embed_dim: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, inplanes, 2),
+                                  *_conv_bn_relu(inplanes, inplanes, 1),
+                                  *_conv_bn_relu(inplanes, inplanes, 1),
+                                  nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.conv2 = nn.Sequential(*_conv_bn_relu(inplanes, 2 * inplanes, 2))
+        self.conv3 = nn.Sequential(*_conv_bn_relu(2 * inplanes, 4 * inplanes, 2))
+        self.conv4 = nn.Sequential(*_conv_bn_relu(4 * inplanes, 4 * inplanes, 2))
+        self.fc1 = nn.Conv2d(inplanes, embed_dim, 1)
+        self.fc2 = nn.Conv2d(2 * inplanes, embed_dim, 1)
+        self.fc3 = nn.Conv2d(4 * inplanes, embed_dim, 1)
+        self.fc4 = nn.Conv2d(4 * inplanes, embed_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns c1 as a (B, C, H/4, W/4) map and c2..c4 as (B, HW, C) token sequences."""
+        c1 = self.stem(x)
+        c2 = self.conv2(c1)
+        c3 = self.conv3(c2)
+        c4 = self.conv4(c3)
+        tokens = [fc(c).flatten(2).transpose(1, 2)
+                  for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
+        return self.fc1(c1), tokens
+
+
+class DWConv(nn.Module):
+    """One depthwise 3x3 conv applied separately to the 1/8, 1/16 and 1/32 token groups
+    (the 16:4:1 split of the adapter's token sequence)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        n = tokens // 21
+        groups = ((0, 16 * n, 2 * height, 2 * width), (16 * n, 20 * n, height, width),
+                  (20 * n, tokens, height // 2, width // 2))
+        outs = [self.dwconv(x[:, a:b].transpose(1, 2).reshape(batch, dim, h, w))
+                .flatten(2).transpose(1, 2) for a, b, h, w in groups]
+        return torch.cat(outs, dim=1)
+
+
+class ConvFFN(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = DWConv(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.fc2(F.gelu(self.dwconv(self.fc1(x), height, width)))
+
+
+class Injector(nn.Module):
+    """Injects spatial-prior tokens into the ViT tokens: ``x + gamma * MSDA(LN(x), LN(c))``."""
+
+    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.query_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = MSDeformAttn(dim, cfg.deform_num_heads, 3, cfg.n_points, cfg.deform_ratio)
+        self.gamma = nn.Parameter(torch.full((dim,), float(cfg.init_values or 0.0)))
+        self.add_query = behaviour == "modelscope"
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor,
+                shapes: Shapes) -> torch.Tensor:
+        query = self.query_norm(x)
+        out = self.attn(query, ref, self.feat_norm(c), shapes)
+        if self.add_query:  # ModelScope: mmcv's MSDA adds its (normalised) query back
+            out = out + query
+        return x + self.gamma * out
+
+
+class Extractor(nn.Module):
+    """Extracts ViT features into the spatial-prior tokens: ``c + MSDA(LN(c), LN(x))``, then a
+    ConvFFN."""
+
+    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.query_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = MSDeformAttn(dim, cfg.deform_num_heads, 1, cfg.n_points, cfg.deform_ratio)
+        self.add_query = behaviour == "modelscope"
+        if cfg.with_cffn:
+            self.ffn = ConvFFN(dim, int(dim * cfg.cffn_ratio))
+            self.ffn_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        else:
+            self.ffn = None
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, shapes: Shapes,
+                height: int, width: int) -> torch.Tensor:
+        query = self.query_norm(c)
+        out = self.attn(query, ref, self.feat_norm(x), shapes)
+        if self.add_query:
+            out = out + query
+        c = c + out
+        if self.ffn is not None:
+            c = c + self.ffn(self.ffn_norm(c), height, width)
+        return c
+
+
+class InteractionBlock(nn.Module):
+    """Injector, a run of ViT blocks (with the cls token), extractor(s)."""
+
+    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour, extra_extractors: bool) -> None:
+        super().__init__()
+        self.injector = Injector(cfg, behaviour)
+        self.extractor = Extractor(cfg, behaviour)
+        self.extra_extractors = (nn.ModuleList([Extractor(cfg, behaviour) for _ in range(2)])
+                                 if extra_extractors else None)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cls: torch.Tensor,
+                blocks: nn.ModuleList, height: int, width: int, pyramid: Shapes,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = x.device
+        vit_grid = ((height, width),)
+        x = self.injector(x, c, reference_points(vit_grid, device), pyramid)
+        x = torch.cat((cls, x), dim=1)
+        for block in blocks:
+            x = block(x)
+        cls, x = x[:, :1], x[:, 1:]
+        ref = reference_points(pyramid, device)
+        extractors = [self.extractor, *(self.extra_extractors or ())]
+        for extractor in extractors:
+            c = extractor(c, x, ref, vit_grid, height, width)
+        return x, c, cls
+
+
+class BEiTAdapter(nn.Module):
+    """BEiT backbone with the ViT-Adapter; returns four maps at 1/4, 1/8, 1/16 and 1/32."""
+
+    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour = "official") -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList([
+            Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.window_size, cfg.qkv_bias,
+                  cfg.use_rel_pos_bias, cfg.init_values, cfg.norm_eps)
+            for _ in range(cfg.depth)
+        ])
+        self.level_embed = nn.Parameter(torch.zeros(3, dim))
+        self.spm = SpatialPriorModule(cfg.conv_inplane, dim, cfg.in_channels)
+        last = len(cfg.interaction_indexes) - 1
+        self.interactions = nn.ModuleList([
+            InteractionBlock(cfg, behaviour, cfg.use_extra_extractor and i == last)
+            for i in range(len(cfg.interaction_indexes))
+        ])
+        self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.norm3 = nn.BatchNorm2d(dim)
+        self.norm4 = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        pyramid = pyramid_shapes(*x.shape[-2:])
+        c1, (c2, c3, c4) = self.spm(x)
+        c = torch.cat([c2 + self.level_embed[0], c3 + self.level_embed[1],
+                       c4 + self.level_embed[2]], dim=1)
+
+        x, height, width = self.patch_embed(x)
+        batch, _, dim = x.shape
+        cls = self.cls_token.expand(batch, -1, -1)
+        outs = []
+        for layer, (first, last) in zip(self.interactions, self.cfg.interaction_indexes,
+                                        strict=True):
+            x, c, cls = layer(x, c, cls, self.blocks[first:last + 1], height, width, pyramid)
+            outs.append(x.transpose(1, 2).reshape(batch, dim, height, width))
+
+        n2, n3 = c2.shape[1], c3.shape[1]
+        maps = [c[:, a:b].transpose(1, 2).reshape(batch, dim, h, w)
+                for (a, b), (h, w) in zip(((0, n2), (n2, n2 + n3), (n2 + n3, c.shape[1])),
+                                          pyramid, strict=True)]
+        c2, c3, c4 = maps
+        c1 = self.up(c2) + c1
+        if self.cfg.add_vit_feature:
+            x1, x2, x3, x4 = outs
+            c1 = c1 + F.interpolate(x1, scale_factor=4, mode="bilinear", align_corners=False)
+            c2 = c2 + F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False)
+            c3 = c3 + x3
+            c4 = c4 + F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
+        return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]

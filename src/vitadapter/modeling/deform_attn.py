@@ -1,0 +1,49 @@
+"""Multi-scale deformable attention module, shared by the adapter and the pixel decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..ops import ms_deform_attn
+
+
+class MSDeformAttn(nn.Module):
+    """Projections around :func:`vitadapter.ops.ms_deform_attn`.
+
+    The official adapter op (with ``deform_ratio``) and mmcv's ``MultiScaleDeformableAttention``
+    of the pixel decoder have the same parameters (``sampling_offsets``, ``attention_weights``,
+    ``value_proj``, ``output_proj``) and the same arithmetic; ``value_ratio`` narrows the value
+    projection as the adapter's ``deform_ratio`` does. No residual is added here.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, num_levels: int, num_points: int,
+                 value_ratio: float = 1.0) -> None:
+        super().__init__()
+        value_dim = int(embed_dim * value_ratio)
+        if value_dim % num_heads:
+            raise ValueError(f"value width {value_dim} is not divisible by {num_heads} heads")
+        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dim, value_dim)
+        self.output_proj = nn.Linear(value_dim, embed_dim)
+
+    def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
+                spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """query (B, Q, C); reference_points (B|1, Q, L|1, 2) normalised (x, y) in float32;
+        value (B, S, C) over the levels of ``spatial_shapes``. Returns (B, Q, C)."""
+        batch, num_query, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(value).view(batch, value.shape[1], heads, -1)
+        offsets = self.sampling_offsets(query).view(batch, num_query, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(batch, num_query, heads, levels * points)
+        weights = weights.float().softmax(-1).view(batch, num_query, heads, levels, points)
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32,
+                                  device=query.device)
+        locations = (reference_points[:, :, None, :, None, :]
+                     + offsets.float() / normalizer[None, None, None, :, None, :])
+        out = ms_deform_attn(value, spatial_shapes, locations, weights)
+        return self.output_proj(out)

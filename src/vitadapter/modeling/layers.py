@@ -1,0 +1,46 @@
+"""Small building blocks shared by the pixel decoder and the transformer decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding`` with N(0, 1) init, skipped on the meta device (``normal_`` there pulls
+    in torch's compiler stack for nothing)."""
+    weight = torch.empty(num, dim)
+    if not weight.is_meta:
+        nn.init.normal_(weight)
+    return nn.Embedding(num, dim, _weight=weight)
+
+
+class FFN(nn.Module):
+    """Two-layer ReLU MLP with a residual (mmcv ``FFN`` with ``add_identity=True``).
+
+    Parameter names follow mmcv: ``layers.0.0`` is the expansion, ``layers.1`` the projection.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.ReLU()),
+                                    nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
+class ConvGN(nn.Module):
+    """Convolution + GroupNorm (+ ReLU): mmcv's ``ConvModule`` as the pixel decoder uses it."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int,
+                 bias: bool, relu: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+                              padding=kernel_size // 2, bias=bias)
+        self.gn = nn.GroupNorm(groups, out_channels)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gn(self.conv(x))
+        return torch.relu(x) if self.relu else x

@@ -1,0 +1,6 @@
+"""Numerical kernels in pure PyTorch."""
+
+from .dispatch import reference_path, use_reference
+from .ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "reference_path", "use_reference"]
