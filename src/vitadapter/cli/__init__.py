@@ -1,0 +1,39 @@
+"""The ``vitadapter`` command line: one module per sub-command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import VitAdapterError
+from . import convert, presets
+
+COMMANDS = (convert, presets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitadapter",
+        description="ViT-Adapter + Mask2Former semantic segmentation in pure PyTorch.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except VitAdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

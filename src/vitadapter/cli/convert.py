@@ -1,0 +1,30 @@
+"""``vitadapter convert SRC DST.safetensors``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..checkpoint import convert_to_safetensors
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint to safetensors",
+                       description="Convert an official .zip/.pth/.pth.tar, a ModelScope "
+                                   "pytorch_model.pt or a state dict to a safetensors file "
+                                   "(fast, memory-mapped loading; no pickle).")
+    p.add_argument("src", help="checkpoint to read")
+    p.add_argument("dst", help="safetensors file to write")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow pickled objects beyond tensors (only for files you trust)")
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = convert_to_safetensors(args.src, args.dst, trust_checkpoint=args.trust_checkpoint,
+                                 overwrite=args.force)
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MiB) in {time.perf_counter() - start:.1f}s")
+    return 0
