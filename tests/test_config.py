@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from vitadapter import ConfigError, ModelConfig, build_model, get_preset, resolve_config
+from vitadapter.config import BackboneConfig, config_from_dict
+from vitadapter.official_config import config_from_official
+from vitadapter.presets import SEED_PRESET
+
+from .conftest import set_config
+
+
+def reference_json(name: str = "tiny-upstream") -> dict:
+    return json.loads(set_config(name).read_text())
+
+
+def test_reference_config_values():
+    cfg = resolve_config(set_config("tiny-upstream"))
+    b, h = cfg.backbone, cfg.head
+    assert (b.img_size, b.embed_dim, b.depth, b.num_heads, b.conv_inplane) == (128, 64, 4, 4, 16)
+    assert b.interaction_indexes == ((0, 0), (1, 1), (2, 2), (3, 3))
+    assert (h.num_classes, h.num_queries, h.feat_channels) == (171, 10, 64)
+    assert (h.pixel_decoder.num_layers, h.pixel_decoder.num_heads) == (2, 8)
+    assert (h.pixel_decoder.ffn_channels, h.pixel_decoder.pos_num_feats) == (256, 32)
+    assert (h.decoder.num_layers, h.decoder.num_heads, h.decoder.ffn_channels) == (3, 8, 256)
+    assert cfg.inference.img_scale == (512, 128)
+    assert (cfg.inference.crop_size, cfg.inference.stride) == ((128, 128), (64, 64))
+    assert cfg.inference.mean == (123.675, 116.28, 103.53)
+    assert cfg.behaviour == "official"
+    assert cfg.name == "tiny-upstream"
+
+
+def test_reference_behaviour_flag_is_honoured():
+    assert resolve_config(set_config("tiny-modelscope")).behaviour == "modelscope"
+    assert resolve_config(set_config("tiny-modelscope"), "official").behaviour == "official"
+
+
+def test_seed_preset_values():
+    cfg = get_preset(SEED_PRESET)
+    assert cfg.backbone == BackboneConfig()
+    assert (cfg.backbone.img_size, cfg.backbone.embed_dim, cfg.backbone.depth) == (896, 1024, 24)
+    assert cfg.backbone.interaction_indexes == ((0, 5), (6, 11), (12, 17), (18, 23))
+    assert (cfg.head.num_classes, cfg.head.num_queries) == (171, 200)
+    assert cfg.inference.img_scale == (3584, 896) and cfg.inference.stride == (512, 512)
+    assert cfg.weights_url.endswith("v0.2.6/mask2former_beit_adapter_large_896_80k_"
+                                    "cocostuff164k.zip")
+
+
+def test_unknown_field_is_named():
+    data = reference_json()
+    data["config"]["model"]["backbone"]["window_shift"] = 3
+    with pytest.raises(ConfigError, match=r"'model\.backbone\.window_shift'"):
+        config_from_official(data)
+
+
+def test_unsupported_value_is_named():
+    data = reference_json()
+    data["config"]["model"]["backbone"]["use_abs_pos_emb"] = True
+    with pytest.raises(ConfigError, match=r"unsupported value True for "
+                                          r"'model\.backbone\.use_abs_pos_emb'"):
+        config_from_official(data)
+
+
+def test_unsupported_transform_is_named():
+    data = reference_json()
+    pipeline = data["config"]["data"]["test"]["pipeline"]
+    pipeline[1]["transforms"].insert(0, {"type": "CLAHE"})
+    with pytest.raises(ConfigError, match=r"unsupported transform 'CLAHE' at "
+                                          r"'data\.test\.pipeline\[1\]\.transforms\[0\]\.type'"):
+        config_from_official(data)
+
+
+def test_multiscale_pipeline_gives_tta_settings():
+    data = copy.deepcopy(reference_json()["config"])
+    aug = data["data"]["test"]["pipeline"][1]
+    aug.update(img_ratios=[0.5, 1.0], flip=True)
+    aug["transforms"].insert(2, {"type": "PadShortSide", "size": 128, "pad_val": 0})
+    cfg = config_from_official(data)
+    assert cfg.inference.tta_ratios == (0.5, 1.0) and cfg.inference.tta_flip
+
+
+def test_bare_model_dict_is_accepted():
+    model_dict = reference_json()["config"]["model"]
+    cfg = config_from_official(model_dict)
+    assert cfg.backbone.embed_dim == 64 and cfg.inference.crop_size == (128, 128)
+
+
+def test_our_layout_round_trips():
+    cfg = resolve_config(set_config("tiny-modelscope"))
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match=r"'backbone\.depthh'"):
+        config_from_dict({"backbone": {"depthh": 3}})
+
+
+def test_inconsistent_config_is_refused():
+    with pytest.raises(ConfigError, match="interaction_indexes end at block 23 but depth is 12"):
+        ModelConfig(backbone=BackboneConfig(depth=12))
+    with pytest.raises(ConfigError, match="behaviour must be one of official, modelscope"):
+        ModelConfig(behaviour="mmcv")
+
+
+def test_unknown_preset_lists_known_ones():
+    with pytest.raises(ConfigError, match=rf"(?s)unknown model preset 'beit-xl'.*{SEED_PRESET}"):
+        build_model("beit-xl", device="meta")
+
+
+def test_missing_and_broken_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        resolve_config(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+        resolve_config(bad)
