@@ -131,15 +131,20 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust_checkpoint
     if dst.parent.exists() and not dst.parent.is_dir():
         raise CheckpointError(f"{dst.parent} is not a directory")
     ckpt = read_checkpoint(src, trust_checkpoint=trust_checkpoint)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(ckpt, dst)
+    return dst
+
+
+def write_safetensors(ckpt: Checkpoint, dst: Path) -> None:
+    """Save a read checkpoint as safetensors, with its classes and palette as metadata."""
     tensors = {k: v for k, v in ckpt.state_dict.items() if not k.endswith("." + INDEX_KEY)}
-    metadata = {"format": "vitadapter", "source": src.name}
+    metadata = {"format": "vitadapter", "source": Path(ckpt.source.split("!")[0]).name}
     if ckpt.classes is not None:
         metadata["classes"] = json.dumps(ckpt.classes)
     if ckpt.palette is not None:
         metadata["palette"] = json.dumps(ckpt.palette)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(tensors, dst, metadata)
-    return dst
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,3 +11,7 @@ class ConfigError(VitAdapterError, ValueError):
 
 class CheckpointError(VitAdapterError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class ImageError(VitAdapterError, ValueError):
+    """An input that is not a readable image."""

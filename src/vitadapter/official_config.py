@@ -16,9 +16,9 @@ from .config import (
     Behaviour,
     FieldReader,
     HeadConfig,
+    InferenceConfig,
     ModelConfig,
     PixelDecoderConfig,
-    InferenceConfig,
     TransformerDecoderConfig,
 )
 from .errors import ConfigError

@@ -7,7 +7,7 @@ the official configs in czczup/ViT-Adapter (``segmentation/configs/<dataset>/*_s
 
 from __future__ import annotations
 
-from .config import BackboneConfig, HeadConfig, ModelConfig, InferenceConfig
+from .config import BackboneConfig, HeadConfig, InferenceConfig, ModelConfig
 from .errors import ConfigError
 
 _RELEASES = "https://github.com/czczup/ViT-Adapter/releases/download"
@@ -43,8 +43,8 @@ PRESETS: dict[str, ModelConfig] = {
             dataset="ade20k",
             backbone=BackboneConfig(img_size=640),
             head=HeadConfig(num_things_classes=100, num_stuff_classes=50, num_queries=100),
-            inference=InferenceConfig(img_scale=(2048, 640), crop_size=(640, 640), stride=(426, 426),
-                            tta_ratios=_MS_RATIOS_WIDE),
+            inference=InferenceConfig(img_scale=(2048, 640), crop_size=(640, 640),
+                                      stride=(426, 426), tta_ratios=_MS_RATIOS_WIDE),
             weights_url=f"{_RELEASES}/v0.2.2/mask2former_beit_adapter_large_640_160k_ade20k.zip",
             description="BEiT-Adapter-L + Mask2Former, ADE20K, 640 crop (58.3 mIoU)",
         ),
@@ -52,7 +52,8 @@ PRESETS: dict[str, ModelConfig] = {
             name="cityscapes-beit-adapter-l-m2f-896",
             dataset="cityscapes",
             head=HeadConfig(num_things_classes=8, num_stuff_classes=11, num_queries=100),
-            inference=InferenceConfig(img_scale=(2048, 1024), tta_ratios=(*_MS_RATIOS_WIDE, 2.0)),
+            inference=InferenceConfig(img_scale=(2048, 1024),
+                                      tta_ratios=(*_MS_RATIOS_WIDE, 2.0)),
             weights_url=f"{_RELEASES}/v0.2.3/mask2former_beit_adapter_large_896_80k_cityscapes.zip",
             description="BEiT-Adapter-L + Mask2Former, Cityscapes, 896 crop (84.9 mIoU)",
         ),

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VitAdapterError
-from . import convert, presets
+from . import convert, presets, segment
 
-COMMANDS = (convert, presets)
+COMMANDS = (segment, convert, presets)
 
 
 def build_parser() -> argparse.ArgumentParser:
