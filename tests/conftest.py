@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitadapter import build_model, load_checkpoint
+from vitadapter import Segmenter, build_model, load_checkpoint
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "reference"
@@ -40,3 +40,14 @@ def tiny_models() -> dict[str, torch.nn.Module]:
         load_checkpoint(model, CHECKPOINT)
         models[name] = model
     return models
+
+
+@pytest.fixture(scope="session")
+def segmenters(tiny_models) -> dict[str, Segmenter]:
+    """A Segmenter around each reference model."""
+    return {name: Segmenter.from_model(model) for name, model in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def segmenter(segmenters) -> Segmenter:
+    return segmenters["tiny-upstream"]

@@ -112,5 +112,5 @@ def test_missing_and_broken_config_files(tmp_path):
         resolve_config(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"bad\.json is not valid JSON"):
         resolve_config(bad)

@@ -18,7 +18,7 @@ import numpy as np
 from .classes import dataset_info
 from .config import Behaviour, ModelConfig
 from .errors import ConfigError
-from .preprocessing import ChannelOrder, load_image, preprocess, test_time_views
+from .preprocessing import ChannelOrder, augmented_views, load_image, preprocess
 from .presets import SEED_PRESET
 from .result import SegmentationResult
 from .slide import CropRunner, merge_views, run_windows
@@ -116,7 +116,7 @@ class Segmenter:
         start = time.perf_counter()
         rgb = load_image(image, channel_order=channel_order)
         cfg = self.config.inference
-        views = test_time_views(rgb, cfg, self.tta if tta is None else tta)
+        views = augmented_views(rgb, cfg, self.tta if tta is None else tta)
         slides = [run_windows(v, self.runner, cfg.crop_size, cfg.stride, self.batch_windows)
                   for v in views]
         merged = merge_views(slides)

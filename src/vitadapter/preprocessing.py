@@ -216,7 +216,7 @@ def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
-def test_time_views(rgb: np.ndarray, cfg: InferenceConfig, tta: bool = False) -> list[View]:
+def augmented_views(rgb: np.ndarray, cfg: InferenceConfig, tta: bool = False) -> list[View]:
     """The single-scale view, or the official multi-scale + flip set (scales outer, flips
     inner, as mmseg's ``MultiScaleFlipAug``)."""
     if not tta:

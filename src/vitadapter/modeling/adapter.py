@@ -97,51 +97,56 @@ class ConvFFN(nn.Module):
         return self.fc2(F.gelu(self.dwconv(self.fc1(x), height, width)))
 
 
-class Injector(nn.Module):
-    """Injects spatial-prior tokens into the ViT tokens: ``x + gamma * MSDA(LN(x), LN(c))``."""
+class AdapterAttention(nn.Module):
+    """``MSDA(LN(query), LN(feat))``, shared by the injector and the extractor.
 
-    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour) -> None:
+    With the ModelScope behaviour the normalised query is added to the result, as mmcv's
+    ``MultiScaleDeformableAttention`` does when called with ``identity=None``.
+    """
+
+    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour, num_levels: int) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.query_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.feat_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = MSDeformAttn(dim, cfg.deform_num_heads, 3, cfg.n_points, cfg.deform_ratio)
-        self.gamma = nn.Parameter(torch.full((dim,), float(cfg.init_values or 0.0)))
+        self.attn = MSDeformAttn(dim, cfg.deform_num_heads, num_levels, cfg.n_points,
+                                 cfg.deform_ratio)
         self.add_query = behaviour == "modelscope"
+
+    def attend(self, query: torch.Tensor, feat: torch.Tensor, ref: torch.Tensor,
+               shapes: Shapes) -> torch.Tensor:
+        normed = self.query_norm(query)
+        out = self.attn(normed, ref, self.feat_norm(feat), shapes)
+        return out + normed if self.add_query else out
+
+
+class Injector(AdapterAttention):
+    """Injects spatial-prior tokens into the ViT tokens: ``x + gamma * MSDA(LN(x), LN(c))``."""
+
+    def __init__(self, cfg: BackboneConfig, behaviour: Behaviour) -> None:
+        super().__init__(cfg, behaviour, num_levels=3)
+        self.gamma = nn.Parameter(torch.full((cfg.embed_dim,), float(cfg.init_values or 0.0)))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor,
                 shapes: Shapes) -> torch.Tensor:
-        query = self.query_norm(x)
-        out = self.attn(query, ref, self.feat_norm(c), shapes)
-        if self.add_query:  # ModelScope: mmcv's MSDA adds its (normalised) query back
-            out = out + query
-        return x + self.gamma * out
+        return x + self.gamma * self.attend(x, c, ref, shapes)
 
 
-class Extractor(nn.Module):
+class Extractor(AdapterAttention):
     """Extracts ViT features into the spatial-prior tokens: ``c + MSDA(LN(c), LN(x))``, then a
     ConvFFN."""
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour) -> None:
-        super().__init__()
-        dim = cfg.embed_dim
-        self.query_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.feat_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = MSDeformAttn(dim, cfg.deform_num_heads, 1, cfg.n_points, cfg.deform_ratio)
-        self.add_query = behaviour == "modelscope"
+        super().__init__(cfg, behaviour, num_levels=1)
         if cfg.with_cffn:
-            self.ffn = ConvFFN(dim, int(dim * cfg.cffn_ratio))
-            self.ffn_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+            self.ffn = ConvFFN(cfg.embed_dim, int(cfg.embed_dim * cfg.cffn_ratio))
+            self.ffn_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         else:
             self.ffn = None
 
     def forward(self, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, shapes: Shapes,
                 height: int, width: int) -> torch.Tensor:
-        query = self.query_norm(c)
-        out = self.attn(query, ref, self.feat_norm(x), shapes)
-        if self.add_query:
-            out = out + query
-        c = c + out
+        c = c + self.attend(c, x, ref, shapes)
         if self.ffn is not None:
             c = c + self.ffn(self.ffn_norm(c), height, width)
         return c

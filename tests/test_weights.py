@@ -1,0 +1,126 @@
+"""Release-weight download (resumable), verification and cache, against a loopback server."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from vitadapter import CheckpointError, Segmenter, resolve_config
+from vitadapter.weights import cached_weights_path, fetch_weights
+
+from .conftest import CHECKPOINT, PHOTO, expected, set_config
+
+
+class ReleaseServer:
+    """Serves one file with Range support; can cut the first response short."""
+
+    def __init__(self, payload: bytes, cut_first_after: int | None = None) -> None:
+        self.payload = payload
+        self.cut = cut_first_after
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.headers.get("Range"))
+                if self.path != "/release.zip":
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+                else:
+                    self.send_response(200)
+                body = server.payload[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut is not None:
+                    body, server.cut = body[:server.cut], None
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/release.zip"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ReleaseServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def release_zip(tmp_path) -> bytes:
+    path = tmp_path / "release.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(CHECKPOINT, "tiny_release.pth.tar")
+    return path.read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch):
+    home = tmp_path / "cache"
+    monkeypatch.setenv("VITADAPTER_HOME", str(home))
+    return home
+
+
+def tiny_config(url: str):
+    return resolve_config(set_config("tiny-upstream")).replace(name="tiny-release",
+                                                               weights_url=url)
+
+
+def test_interrupted_download_resumes_and_is_cached(release_zip, cache_home):
+    with ReleaseServer(release_zip, cut_first_after=len(release_zip) // 3) as server:
+        cfg = tiny_config(server.url)
+        with pytest.raises(CheckpointError, match="run the same command again to resume"):
+            fetch_weights(cfg, progress=False)
+        part = cache_home / "downloads" / "release.zip.part"
+        assert part.stat().st_size == len(release_zip) // 3
+        path = fetch_weights(cfg, progress=False)
+        assert server.requests == [None, f"bytes={len(release_zip) // 3}-"]
+        assert path == cached_weights_path(cfg) and path.suffix == ".safetensors"
+        assert not (cache_home / "downloads" / "release.zip").exists()
+
+        segmenter = Segmenter(config=cfg, device="cpu")  # no checkpoint: from the cache
+        assert len(server.requests) == 2
+    assert np.array_equal(segmenter(PHOTO).label_map, expected("tiny-upstream")["label_map"])
+    assert segmenter.class_names[0] == "person"
+
+
+def test_corrupt_download_is_not_cached(release_zip, cache_home):
+    damaged = bytearray(release_zip)
+    damaged[len(damaged) // 2] ^= 0xFF
+    with ReleaseServer(bytes(damaged)) as server:
+        cfg = tiny_config(server.url)
+        with pytest.raises(CheckpointError):
+            fetch_weights(cfg, progress=False)
+    assert not cached_weights_path(cfg).exists()
+
+
+def test_offline_message_names_the_url_and_the_alternative():
+    cfg = tiny_config("http://127.0.0.1:9/release.zip")
+    with pytest.raises(CheckpointError, match=r"cannot download http://127\.0\.0\.1:9/"
+                                              r"release\.zip: .*--checkpoint PATH"):
+        fetch_weights(cfg, progress=False)
+
+
+def test_config_without_release_weights():
+    cfg = resolve_config(set_config("tiny-upstream"))
+    with pytest.raises(CheckpointError, match="has no release weights to download"):
+        Segmenter(config=cfg, device="cpu")
