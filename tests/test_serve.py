@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import CHECKPOINT, PHOTO, expected, set_config
+from .conftest import CHECKPOINT, PHOTO, expected, free_port, set_config
 
 pytest.importorskip("fastapi", reason="the serve extra is missing: pip install -e '.[test,serve]'")
 httpx = pytest.importorskip("httpx")
@@ -55,12 +54,6 @@ class Server:
 
     def post(self, content: bytes, query: str = "", **kwargs) -> httpx.Response:
         return httpx.post(f"{self.url}/v1/segment{query}", content=content, timeout=60, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +112,8 @@ def multipart(data: bytes, name: str = "file") -> dict:
 
 
 def test_health_model_and_openapi(server):
-    assert httpx.get(f"{server.url}/v1/health").json() == {"status": "ok", "error": None}
+    assert httpx.get(f"{server.url}/v1/health").json() == {"status": "ok", "error": None,
+                                                            "in_progress": 0}
     model = httpx.get(f"{server.url}/v1/model").json()
     assert model["name"] == "tiny-upstream" and model["dataset"] == "coco-stuff164k"
     assert model["num_classes"] == len(model["classes"]) == 171

@@ -166,11 +166,11 @@ def create_app(segmenter: SegmenterLike | None = None, *,
              responses={503: {"model": HealthBody, "description": "loading, or failed"}})
     async def health() -> JSONResponse:
         """200 once the model is loaded, 503 before (or if loading failed)."""
+        body = {"status": "ok", "error": None, "in_progress": queue.in_progress}
         if slot.segmenter is not None:
-            return JSONResponse({"status": "ok", "error": None})
-        status = "failed" if slot.error else "loading"
-        return JSONResponse({"status": status, "error": slot.error}, 503,
-                            headers={"Retry-After": "5"})
+            return JSONResponse(body)
+        body.update(status="failed" if slot.error else "loading", error=slot.error)
+        return JSONResponse(body, 503, headers={"Retry-After": "5"})
 
     @app.get("/v1/model", response_model=ModelBody, summary="The model and the limits",
              responses={503: _error("the model is not loaded yet")})

@@ -44,6 +44,8 @@ class SegmentBody(BaseModel):
 class HealthBody(BaseModel):
     status: str = Field(description="'ok', 'loading' or 'failed'")
     error: str | None = Field(None, description="why loading the model failed")
+    in_progress: int = Field(description="requests admitted now: uploading, waiting or "
+                                         "running (at most max_queue)")
 
 
 class ClassInfo(BaseModel):

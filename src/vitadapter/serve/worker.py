@@ -15,10 +15,10 @@ T = TypeVar("T")
 
 
 class Ticket:
-    """One admitted request's place; released exactly once, however often asked."""
+    """One admitted request's place; given back exactly once, however often released."""
 
-    def __init__(self, slots: threading.Semaphore) -> None:
-        self._slots = slots
+    def __init__(self, leave: Callable[[], None]) -> None:
+        self._leave = leave
         self._lock = threading.Lock()
         self._held = True
 
@@ -26,7 +26,7 @@ class Ticket:
         with self._lock:
             if self._held:
                 self._held = False
-                self._slots.release()
+                self._leave()
 
 
 class InferenceQueue:
@@ -42,15 +42,27 @@ class InferenceQueue:
         if capacity < 1:
             raise ValueError(f"the queue needs room for at least one request, got {capacity}")
         self.capacity = capacity
-        self._slots = threading.Semaphore(capacity)
+        self._lock = threading.Lock()
+        self._admitted = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitadapter")
         self._job_seconds = 1.0  # moving average, for Retry-After
 
+    @property
+    def in_progress(self) -> int:
+        """Requests admitted now (uploading, waiting or running)."""
+        return self._admitted
+
     def admit(self) -> Ticket | None:
         """A place for a new request, or None when the queue is full."""
-        if not self._slots.acquire(blocking=False):
-            return None
-        return Ticket(self._slots)
+        with self._lock:
+            if self._admitted >= self.capacity:
+                return None
+            self._admitted += 1
+        return Ticket(self._leave)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._admitted -= 1
 
     def retry_after(self) -> int:
         """Seconds after which a place is likely to be free: one job's typical duration."""
