@@ -211,11 +211,12 @@ def create_app(segmenter: SegmenterLike | None = None, *,
         use_tta = segmenter.tta if tta is None else tta
         submitted = False
         try:
-            body = await _within(
+            upload = _within(
                 read_body(request.stream(), limits.max_upload_bytes), limits.timeout,
                 ServiceError(408, f"the upload did not arrive within {limits.timeout:g} s"))
-            # Off the event loop: parsing a 20 MB form takes tens of milliseconds.
-            data = await asyncio.to_thread(_checked_image, body,
+            # Off the event loop: parsing a 20 MB form takes tens of milliseconds. Only the
+            # image is kept for the queue, not the whole body.
+            data = await asyncio.to_thread(_checked_image, await upload,
                                            request.headers.get("content-type", ""), limits)
             render = partial(_render, output=output, alpha=alpha, legend=legend,
                              include_overlay=include_overlay)

@@ -13,13 +13,16 @@ class ErrorBody(BaseModel):
     error: str = Field(description="what was wrong and, where it helps, what to do")
 
 
-class ClassShare(BaseModel):
+class ClassInfo(BaseModel):
     id: int = Field(description="class id (the value in the label PNG)")
     name: str
+    color: RGB = Field(description="palette colour, as in the colour and overlay PNGs")
+
+
+class ClassShare(ClassInfo):
     pixels: int = Field(description="pixels labelled with this class")
     share: float = Field(description="fraction of the image (sums to 1 over the classes)")
     score: float = Field(description="mean posterior of the class over its pixels, in [0, 1]")
-    color: RGB = Field(description="palette colour, as in the colour and overlay PNGs")
 
 
 class Timing(BaseModel):
@@ -46,12 +49,6 @@ class HealthBody(BaseModel):
     error: str | None = Field(None, description="why loading the model failed")
     in_progress: int = Field(description="requests admitted now: uploading, waiting or "
                                          "running (at most max_queue)")
-
-
-class ClassInfo(BaseModel):
-    id: int
-    name: str
-    color: RGB
 
 
 class LimitsBody(BaseModel):
