@@ -40,7 +40,8 @@ def small_png() -> bytes:
 
 
 class GatedSegmenter:
-    """Segmenter-like: labels the left half 1 and the right half 0, once ``gate`` is open."""
+    """Segmenter-like: labels the left half 1 and the right half 0, once ``gate`` is open;
+    the first ``failures`` calls raise instead."""
 
     name = "gated"
     config = ModelConfig(name="gated")
@@ -52,10 +53,13 @@ class GatedSegmenter:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.calls = 0
+        self.failures = 0
 
     def segment(self, image: np.ndarray, *, tta: bool | None = None) -> SegmentationResult:
         self.calls += 1
         assert self.gate.wait(30), "the test never opened the gate"
+        if self.calls <= self.failures:
+            raise RuntimeError("out of memory, say")
         labels = np.zeros(image.shape[:2], np.int64)
         labels[:, : labels.shape[1] // 2] = 1
         return SegmentationResult(labels, self.class_names, self.palette,
@@ -178,6 +182,18 @@ def test_a_request_that_times_out_while_waiting_never_runs():
         segmenter.gate.set()
         wait_for(lambda: health(url).json()["in_progress"] == 0)
         assert segmenter.calls == 1
+
+
+def test_an_inference_failure_is_a_500_and_the_server_keeps_serving():
+    segmenter = GatedSegmenter()
+    segmenter.gate.set()
+    segmenter.failures = 1
+    with serving(create_app(segmenter)) as url:
+        failed = segment(url)
+        assert failed.status_code == 500
+        assert failed.json() == {"error": "internal error (RuntimeError); see the server log"}
+        assert segment(url).status_code == 200
+        assert health(url).json()["in_progress"] == 0
 
 
 def test_serve_without_the_extra_says_how_to_install_it(tmp_path):
