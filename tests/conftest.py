@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,13 @@ PHOTO = REFERENCE / "input.png"
 SETS = ("tiny-upstream", "tiny-modelscope")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def free_port() -> int:
+    """A loopback TCP port free a moment ago (for test servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def set_config(name: str) -> Path:

@@ -126,6 +126,18 @@ def test_bad_files_are_explained(tmp_path):
         load_image(tmp_path)
 
 
+def test_truncated_files_are_explained(tmp_path):
+    """Formats OpenCV refuses when cut short go to Pillow, whose plugins need a full file
+    object (readline), and must end in an ImageError, not an AttributeError."""
+    for fmt, suffix in (("WEBP", "webp"), ("PNG", "png"), ("JPEG", "jpg")):
+        buffer = io.BytesIO()
+        Image.open(PHOTO).convert("RGB").save(buffer, format=fmt)
+        cut = tmp_path / f"cut.{suffix}"
+        cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+        with pytest.raises(ImageError, match="not a readable image"):
+            load_image(cut)
+
+
 def test_unreachable_url_is_explained():
     with pytest.raises(ImageError, match=r"could not download http://127\.0\.0\.1:9/x\.png.*"
                                          r"offline\?"):

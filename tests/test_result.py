@@ -101,3 +101,14 @@ def test_modelscope_masks_to_image(result):
     assert image.dtype == np.float64 and image.shape == (200, 260, 3)
     for i, mask in enumerate(masks):  # colour by list position, not class id
         assert (image[mask == 1] == COCO_PANOPTIC_PALETTE[i]).all()
+
+
+def test_label_image_is_8_or_16_bit_by_class_count(result):
+    small = result.label_image()
+    assert small.mode == "L" and np.array_equal(np.asarray(small), result.label_map)
+    names = tuple(f"class {i}" for i in range(300))
+    label_map = np.array([[0, 299], [255, 256]])
+    many = SegmentationResult(label_map, names, np.zeros((300, 3), np.uint8),
+                              np.zeros(300), np.bincount(label_map.ravel(), minlength=300))
+    wide = many.label_image()
+    assert wide.mode.startswith("I;16") and np.array_equal(np.asarray(wide), label_map)

@@ -9,6 +9,7 @@ keep-ratio ``Resize`` (mmcv ``imrescale``, OpenCV bilinear on uint8), ``ResizeTo
 
 from __future__ import annotations
 
+import io
 import math
 import urllib.error
 import urllib.request
@@ -75,7 +76,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     if decoded is not None:
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     try:
-        with Image.open(_BytesReader(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             return pil_to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -132,16 +133,6 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
                              "to uint8 first")
         return np.round(arr * 255).astype(np.uint8)
     raise ImageError(f"unsupported image dtype {arr.dtype}")
-
-
-class _BytesReader:
-    """Minimal seekable file over bytes for PIL (avoids an io import cycle in type checks)."""
-
-    def __init__(self, data: bytes) -> None:
-        import io
-
-        self._io = io.BytesIO(data)
-        self.read, self.seek, self.tell = self._io.read, self._io.seek, self._io.tell
 
 
 def _download(url: str) -> bytes:

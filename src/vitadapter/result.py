@@ -75,6 +75,12 @@ class SegmentationResult:
         return [{"label": name, "score": score, "mask": Image.fromarray(mask * 255)}
                 for name, score, mask in zip(self.labels, self.scores, self.masks, strict=True)]
 
+    def label_image(self) -> Image.Image:
+        """The label map as a PIL image of class ids: 8-bit, or 16-bit for models with 256
+        classes or more."""
+        dtype = np.uint8 if len(self.class_names) < 256 else np.uint16
+        return Image.fromarray(self.label_map.astype(dtype))
+
     def colorize(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB colour map, colours indexed by class id."""
         return colorize(self.label_map, self.palette)

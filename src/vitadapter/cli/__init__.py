@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VitAdapterError
-from . import convert, presets, segment
+from . import convert, presets, segment, serve
 
-COMMANDS = (segment, convert, presets)
+COMMANDS = (segment, convert, presets, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

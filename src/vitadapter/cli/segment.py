@@ -10,7 +10,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from ..errors import ImageError, VitAdapterError
@@ -141,8 +140,7 @@ def write_outputs(result: SegmentationResult, job: Job, out: Path, args: argpars
                   segmenter: Segmenter) -> None:
     labels_path, color_path, overlay_path, json_path = job.outputs(out)
     labels_path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint8 if len(result.class_names) < 256 else np.uint16
-    Image.fromarray(result.label_map.astype(dtype)).save(labels_path)
+    result.label_image().save(labels_path)
     Image.fromarray(result.colorize()).save(color_path)
     Image.fromarray(result.overlay(args.alpha, legend=not args.no_legend)).save(overlay_path)
     height, width = result.label_map.shape
