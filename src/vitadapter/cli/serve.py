@@ -30,9 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "decoding; beyond, 413 (default 40000000)")
     service.add_argument("--max-upload-mb", type=_positive(float), default=20.0, metavar="MB",
                          help="largest request body in MiB; beyond, 413 (default 20)")
-    service.add_argument("--timeout", type=_positive(float), default=60.0, metavar="S",
+    service.add_argument("--timeout", type=_positive(float), default=600.0, metavar="S",
                          help="seconds per request to upload, wait and run; beyond, 504 "
-                              "(default 60)")
+                              "(default 600: a full-size model needs minutes per photo "
+                              "on a CPU)")
     p.set_defaults(run=run)
 
 

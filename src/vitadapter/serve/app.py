@@ -102,7 +102,7 @@ class Limits:
     max_queue: int = 8
     max_pixels: int = 40_000_000
     max_upload_bytes: int = 20 * 2**20
-    timeout: float = 60.0
+    timeout: float = 600.0
 
 
 class _ModelSlot:
