@@ -114,6 +114,13 @@ def test_wrong_root_says_what_was_expected(tmp_path):
     assert f"{tmp_path}/images/val2017/*.jpg" in message
     assert f"{tmp_path}/annotations/val2017/*_labelTrainIds.png" in message
     assert "it contains val2017/" in message
+    (tmp_path / "images/val2017").mkdir(parents=True)
+    (tmp_path / "stuffthingmaps_trainval2017/val2017").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"images/val2017/\*.jpg and annotations .*; it "
+                                           r"contains images/, stuffthingmaps_trainval2017/, "
+                                           r"val2017/ \(the folders of --dataset "
+                                           r"coco-stuff164k-raw are there\)"):
+        open_dataset(tmp_path, "coco-stuff164k")
     with pytest.raises(DatasetError, match="is not a directory"):
         open_dataset(tmp_path / "nowhere", "ade20k")
 

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VitAdapterError
-from . import convert, presets, segment
+from . import convert, evaluate, presets, segment
 
-COMMANDS = (segment, convert, presets)
+COMMANDS = (segment, evaluate, convert, presets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,7 +151,7 @@ def open_dataset(root: str | Path, dataset: str, split: str = "val") -> EvalData
     image_dir = _first_dir(root, layout.image_dirs, split_dir)
     label_dir = _first_dir(root, layout.label_dirs, split_dir)
     if image_dir is None or label_dir is None:
-        raise DatasetError(_layout_message(root, layout, split_dir))
+        raise DatasetError(_layout_message(root, layout, split))
     samples = []
     missing = []
     for image in sorted(_find(image_dir, layout.image_suffix)):
@@ -216,11 +216,17 @@ def _find(directory: Path, suffix: str) -> list[Path]:
 
 
 def _layout_message(root: Path, layout: Layout, split: str) -> str:
+    split_dir = layout.split_dir(split)
+
     def options(patterns: tuple[str, ...], suffix: str) -> str:
-        return " or ".join(f"{root / p.format(split=split)}/*{suffix}" for p in patterns)
+        return " or ".join(f"{root / p.format(split=split_dir)}/*{suffix}" for p in patterns)
 
     found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())[:8]
-    return (f"{root} does not look like a {layout.name} root for split {split!r}: expected "
-            f"images {options(layout.image_dirs, layout.image_suffix)} and annotations "
-            f"{options(layout.label_dirs, layout.label_suffix)}; it contains "
-            + (", ".join(found) if found else "no directories"))
+    others = [other.name for other in LAYOUTS.values() if other is not layout
+              and _first_dir(root, other.image_dirs, other.split_dir(split))
+              and _first_dir(root, other.label_dirs, other.split_dir(split))]
+    return (f"{root} does not look like a {layout.name} root for split {split_dir!r}: "
+            f"expected images {options(layout.image_dirs, layout.image_suffix)} and "
+            f"annotations {options(layout.label_dirs, layout.label_suffix)}; it contains "
+            + (", ".join(found) if found else "no directories")
+            + (f" (the folders of --dataset {' or '.join(others)} are there)" if others else ""))
