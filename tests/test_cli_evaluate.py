@@ -174,20 +174,11 @@ def test_prints_per_class_table_and_summary(full_run):
     assert cells[-2] == [f"{report[k]:.2f}" for k in ("aAcc", "mIoU", "mAcc")]
 
 
-def test_limit_then_resume_equals_uninterrupted(full_run, dataset_root, tmp_path):
-    assert evaluate(dataset_root, tmp_path, "--limit", "2") == 0
-    assert load_metrics(tmp_path)["images"] == 2
-    assert evaluate(dataset_root, tmp_path, "--resume") == 0
-    assert load_metrics(tmp_path) == load_metrics(full_run)
-    records = (tmp_path / "partial" / "rank-0.jsonl").read_text().splitlines()
-    assert len(records) == 1 + 4  # settings, then each image once: none evaluated twice
-
-
-def test_crash_then_resume_equals_uninterrupted(full_run, dataset_root, tmp_path,
-                                                monkeypatch):
+def test_limit_then_crash_then_resume_equals_uninterrupted(full_run, dataset_root, tmp_path,
+                                                           monkeypatch):
     original = Segmenter.segment
     calls: list[str] = []
-    crash_at = [3]
+    crash_at = [0]
 
     def watched(self, image, **kwargs):
         calls.append(Path(image).name)
@@ -196,18 +187,24 @@ def test_crash_then_resume_equals_uninterrupted(full_run, dataset_root, tmp_path
         return original(self, image, **kwargs)
 
     monkeypatch.setattr(Segmenter, "segment", watched)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        evaluate(dataset_root, tmp_path)
-    assert not (tmp_path / "metrics.json").exists()
     records = tmp_path / "partial" / "rank-0.jsonl"
+    assert evaluate(dataset_root, tmp_path, "--limit", "1") == 0
+    assert load_metrics(tmp_path)["images"] == 1
+    # resume all, crash on the second image of this run: the first one stays recorded
+    calls.clear()
+    crash_at[0] = 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate(dataset_root, tmp_path, "--resume")
+    assert calls == ["000000000285.jpg", "000000000632.jpg"]
     assert len(records.read_text().splitlines()) == 1 + 2  # settings + two finished images
     with records.open("a") as file:  # a record torn by the crash
-        file.write('{"image": "000000000632", "classes": [4')
+        file.write('{"image":"000000000632","classes":[4')
     calls.clear()
     crash_at[0] = 0
     assert evaluate(dataset_root, tmp_path, "--resume") == 0
-    assert calls == ["000000000632.jpg", "000000000724.jpg"]
+    assert calls == ["000000000632.jpg", "000000000724.jpg"]  # only what was not recorded
     assert load_metrics(tmp_path) == load_metrics(full_run)
+    assert len(records.read_text().splitlines()) == 1 + 4  # each image once, tear repaired
 
 
 def test_resume_refuses_other_settings(full_run, dataset_root, tmp_path, capsys):
