@@ -17,8 +17,6 @@ from ..evaluation.report import format_tables, write_reports
 from ..presets import PRESETS
 from .common import add_model_arguments, segmenter_from_args
 
-logger = logging.getLogger(__name__)
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(

@@ -46,7 +46,7 @@ def reduce_zero_label_table(num_classes: int) -> np.ndarray:
 def raw_id_table(raw_ids: Sequence[int]) -> np.ndarray:
     """Stored value ``raw_ids[t]`` becomes train id ``t``; 255 is ignored; others are invalid
     (-1)."""
-    table = np.full(256, -1, np.int16)
+    table: np.ndarray = np.full(256, -1, np.int16)
     table[np.asarray(raw_ids, np.int64)] = np.arange(len(raw_ids))
     table[IGNORE_INDEX] = IGNORE_INDEX
     return table

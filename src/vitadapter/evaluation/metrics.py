@@ -57,10 +57,6 @@ class Areas:
     def union(self) -> np.ndarray:
         return self.pred + self.label - self.intersect
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.intersect)
-
     def __add__(self, other: Areas) -> Areas:
         return Areas.from_array(self.to_array() + other.to_array())
 
@@ -105,7 +101,7 @@ class Metrics:
 
 def compute_metrics(areas: Areas) -> Metrics:
     """aAcc, per-class IoU and Acc from dataset totals."""
-    intersect = areas.intersect.astype(np.float64)
+    intersect: np.ndarray = areas.intersect.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         all_acc = intersect.sum() / areas.label.sum()
         iou = intersect / areas.union

@@ -87,7 +87,7 @@ def _parse(line: str, path: Path, number: int) -> dict[str, Any]:
 
 
 def _areas(entry: dict[str, Any], num_classes: int) -> Areas:
-    array = np.zeros((3, num_classes), np.int64)
+    array: np.ndarray = np.zeros((3, num_classes), np.int64)
     classes = np.asarray(entry["classes"], np.int64)
     for row, key in enumerate(("intersect", "pred", "label")):
         array[row, classes] = entry[key]

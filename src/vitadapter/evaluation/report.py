@@ -18,8 +18,8 @@ def class_rows(areas: Areas, class_names: Sequence[str]) -> list[dict[str, Any]]
     """One row per class: IoU and Acc in percent as mmseg prints them (None where NaN), and
     the four summed areas they come from."""
     metrics = compute_metrics(areas)
-    return [{"id": c, "name": name, "IoU": percent(metrics.iou[c]),
-             "Acc": percent(metrics.acc[c]), "intersect": int(areas.intersect[c]),
+    return [{"id": c, "name": name, "IoU": percent(float(metrics.iou[c])),
+             "Acc": percent(float(metrics.acc[c])), "intersect": int(areas.intersect[c]),
              "union": int(areas.union[c]), "pred_area": int(areas.pred[c]),
              "label_area": int(areas.label[c])}
             for c, name in enumerate(class_names)]
