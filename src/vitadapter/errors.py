@@ -15,3 +15,11 @@ class CheckpointError(VitAdapterError):
 
 class ImageError(VitAdapterError, ValueError):
     """An input that is not a readable image."""
+
+
+class DatasetError(VitAdapterError, ValueError):
+    """An evaluation dataset that is not where or what it should be (layout, files, labels)."""
+
+
+class EvaluationError(VitAdapterError):
+    """An evaluation that cannot run as asked (e.g. a saved state from another run)."""

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VitAdapterError
-from . import convert, presets, segment, serve
+from . import convert, evaluate, presets, segment, serve
 
-COMMANDS = (segment, convert, presets, serve)
+COMMANDS = (segment, evaluate, serve, convert, presets)
 
 
 def build_parser() -> argparse.ArgumentParser:

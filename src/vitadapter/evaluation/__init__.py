@@ -1,0 +1,27 @@
+"""Measuring a model on a dataset as mmseg 0.x does: aAcc, per-class IoU/Acc, mIoU, mAcc.
+
+``datasets`` reads the on-disk layouts, ``metrics`` counts and scores, ``records`` keeps the
+resumable state, ``runner`` runs the loop, ``report`` writes tables and files. None of these
+imports torch; ``distributed`` (torch.distributed) is imported only under ``torchrun``.
+"""
+
+from .datasets import LAYOUTS, EvalDataset, Layout, Sample, decode_label, open_dataset
+from .metrics import Areas, Metrics, compute_metrics, intersect_and_union, percent
+from .runner import EvalResult, Shard, run_evaluation
+
+__all__ = [
+    "LAYOUTS",
+    "Areas",
+    "EvalDataset",
+    "EvalResult",
+    "Layout",
+    "Metrics",
+    "Sample",
+    "Shard",
+    "compute_metrics",
+    "decode_label",
+    "intersect_and_union",
+    "open_dataset",
+    "percent",
+    "run_evaluation",
+]
