@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vitadapter import build_model, load_checkpoint
+from vitadapter.ops import reference_path
 
 from .conftest import CHECKPOINT, expected, set_config
 
@@ -19,13 +20,14 @@ def assert_close(actual: torch.Tensor, reference: np.ndarray, rel: float = 1e-4)
     np.testing.assert_allclose(actual_np, reference, rtol=0, atol=rel * scale)
 
 
-@pytest.fixture(scope="module")
-def crop0_outputs(tiny_models):
+@pytest.fixture(scope="module", params=["fast", "reference"])
+def crop0_outputs(request, tiny_models):
+    """Window 0 (rows 0:128, cols 0:128) of each set through the fast (default) and the
+    reference path: both must match the official tensors."""
     outputs = {}
     for name, model in tiny_models.items():
-        exp = expected(name)
-        crop = torch.from_numpy(exp["img"][:, :, :, :128])  # window 0: rows 0:128, cols 0:128
-        with torch.inference_mode():
+        crop = torch.from_numpy(expected(name)["img"][:, :, :, :128])
+        with torch.inference_mode(), reference_path(request.param == "reference"):
             outputs[name] = model.inspect(crop)
     return outputs
 

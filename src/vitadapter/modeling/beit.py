@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import use_reference
+
 
 def num_relative_distances(window: tuple[int, int]) -> int:
     """Rows of a relative position table: all patch offsets plus cls->token, token->cls,
@@ -83,13 +85,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def relative_position_bias(self) -> torch.Tensor | None:
-        """The bias of every head, ``(heads, N+1, N+1)``."""
+        """The bias of every head, ``(heads, N+1, N+1)``, gathered contiguously from the
+        transposed table (no permuted copy of the N^2 x heads gather)."""
         table = self.relative_position_bias_table
         if table is None:
             return None
         index = relative_position_index(self.window, table.device)
         tokens = index.shape[0]
-        return table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+        return table.t().index_select(1, index.view(-1)).view(-1, tokens, tokens)
 
     # The released checkpoints and the official state dict name the index buffer
     # ``relative_position_index``; it is derived from the window, so it is produced on save
@@ -116,13 +119,20 @@ class Attention(nn.Module):
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias)
+        if isinstance(self.qkv, nn.Linear):
+            qkv = F.linear(x, self.qkv.weight, bias)
+        else:  # a dynamically quantised (int8) Linear is only callable as a module
+            qkv = self.qkv(x) if bias is None else self.qkv(x) + bias
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
         rel_bias = self.relative_position_bias()
-        if rel_bias is not None:
-            attn = attn + rel_bias.unsqueeze(0)
-        x = attn.softmax(dim=-1) @ v
+        if use_reference():
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if rel_bias is not None:
+                attn = attn + rel_bias.unsqueeze(0)
+            x = attn.softmax(dim=-1) @ v
+        else:
+            mask = None if rel_bias is None else rel_bias.unsqueeze(0).to(q.dtype)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 

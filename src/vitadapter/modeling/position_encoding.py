@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
 
+@lru_cache(maxsize=16)
 def sine_position_encoding(height: int, width: int, num_feats: int,
                            device: torch.device | str = "cpu",
                            temperature: float = 10000.0) -> torch.Tensor:
     """Encoding of an all-valid ``height x width`` map, shape ``(1, 2 * num_feats, H, W)``.
 
     Channel order is (y sin/cos interleaved, x sin/cos interleaved), values as mmdet computes
-    them in float32 (cumulative sums normalised to (0, 2*pi]).
+    them in float32 (cumulative sums normalised to (0, 2*pi]). Cached per size and device: the
+    result is shared, never modify it in place.
     """
     eps, scale = 1e-6, 2 * math.pi
     ones = torch.ones(1, height, width, device=device)

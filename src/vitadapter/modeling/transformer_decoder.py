@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import use_reference
 from .layers import FFN
 
 
@@ -38,10 +39,16 @@ class MultiheadAttention(nn.Module):
             return F.linear(x, w, b).view(batch, x.shape[1], heads, -1).transpose(1, 2)
 
         q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
-        scores = (q * math.sqrt(1.0 / q.shape[-1])) @ k.transpose(-2, -1)
-        if blocked is not None:
-            scores = scores.masked_fill(blocked, float("-inf"))
-        out = scores.softmax(-1) @ v
+        scale = math.sqrt(1.0 / q.shape[-1])
+        if use_reference():
+            scores = (q * scale) @ k.transpose(-2, -1)
+            if blocked is not None:
+                scores = scores.masked_fill(blocked, float("-inf"))
+            out = scores.softmax(-1) @ v
+        else:
+            # SDPA's boolean mask marks the keys to attend to: the inverse of ``blocked``.
+            allowed = None if blocked is None else ~blocked
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
         return self.out_proj(out.transpose(1, 2).reshape(batch, num_query, dim))
 
 

@@ -1,0 +1,87 @@
+"""The fast attention (scaled_dot_product_attention) against the explicit reference path."""
+
+from __future__ import annotations
+
+import torch
+
+from vitadapter.modeling.beit import Attention
+from vitadapter.modeling.transformer_decoder import MultiheadAttention
+from vitadapter.ops import reference_path
+
+
+def both_paths(module: torch.nn.Module, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        fast = module(*args)
+        with reference_path():
+            reference = module(*args)
+    return fast, reference
+
+
+def test_beit_attention_with_relative_position_bias():
+    torch.manual_seed(0)
+    attn = Attention(64, 4, (5, 7), qkv_bias=True, use_rel_pos_bias=True).eval()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_(std=1.0)
+        attn.q_bias.normal_()
+        attn.v_bias.normal_()
+    fast, reference = both_paths(attn, torch.randn(2, 5 * 7 + 1, 64))
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    # The bias is large enough to matter: without it the output is different.
+    attn.relative_position_bias_table = None
+    without_bias, _ = both_paths(attn, torch.randn(2, 5 * 7 + 1, 64))
+    assert (without_bias - reference).abs().max() > 0.1
+
+
+def test_relative_position_bias_layout():
+    attn = Attention(8, 2, (2, 3), qkv_bias=False, use_rel_pos_bias=True)
+    with torch.no_grad():
+        attn.relative_position_bias_table.copy_(torch.arange(2 * 18.0).view(18, 2))
+    bias = attn.relative_position_bias()
+    assert bias.shape == (2, 7, 7)
+    # Head h at (i, j) reads table row index[i, j], column h.
+    index = attn.state_dict()["relative_position_index"]
+    assert torch.equal(bias[1], 2 * index.float() + 1)
+    # The last three rows: cls -> token, token -> cls, cls -> cls.
+    assert bias[0, 0, 3] == 2 * 15 and bias[0, 3, 0] == 2 * 16 and bias[0, 0, 0] == 2 * 17
+
+
+def test_decoder_masked_attention_keeps_the_blocked_convention():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4).eval()
+    query, memory = torch.randn(2, 5, 32), torch.randn(2, 12, 32)
+    blocked = torch.rand(2, 1, 5, 12) < 0.6
+    blocked[..., 0] = False  # no fully blocked row: the head unblocks those before attending
+    fast, reference = both_paths(attn, query, memory, memory, blocked)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    # A query that may only attend to key 3 returns exactly that key's value projection.
+    only_key3 = torch.ones(1, 1, 5, 12, dtype=torch.bool)
+    only_key3[..., 3] = False
+    fast, reference = both_paths(attn, query[:1], memory[:1], memory[:1], only_key3)
+    w_v, b_v = attn.in_proj_weight.chunk(3)[2], attn.in_proj_bias.chunk(3)[2]
+    with torch.inference_mode():
+        expected = attn.out_proj(torch.nn.functional.linear(memory[:1, 3], w_v, b_v))
+    for out in (fast, reference):
+        torch.testing.assert_close(out[0], expected.expand(5, -1), rtol=0, atol=1e-5)
+
+
+def test_head_unblocks_a_query_whose_mask_is_empty(tiny_models):
+    head = tiny_models["tiny-upstream"].decode_head
+    torch.manual_seed(0)
+    query = torch.randn(1, head.query_feat.num_embeddings, head.query_feat.embedding_dim)
+    with torch.inference_mode():
+        embed = head.mask_embed(head.transformer_decoder.post_norm(query))[0]
+        # Features = -e0 + b(y, x) w with w orthogonal to query 0's embedding e0: query 0's
+        # mask is -|e0|^2 everywhere (empty), the others change sign with b.
+        e0 = embed[0]
+        w = torch.randn_like(e0)
+        w -= (w @ e0) / (e0 @ e0) * e0
+        b = 10 * torch.randn(8, 8)
+        mask_features = -e0.view(-1, 1, 1) + b * w.view(-1, 1, 1)
+        _, mask, blocked = head._predict(query, mask_features[None], torch.Size((4, 4)))
+        below = torch.nn.functional.interpolate(mask, size=(4, 4), mode="bilinear").sigmoid() < 0.5
+    below = below.flatten(2)[0]
+    empty = below.all(-1)
+    assert empty[0]
+    assert not blocked[0, 0, empty].any()  # an empty mask attends everywhere
+    assert torch.equal(blocked[0, 0, ~empty], below[~empty])
+    assert blocked[0, 0, ~empty].any()
