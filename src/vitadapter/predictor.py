@@ -25,6 +25,7 @@ from .slide import CropRunner, merge_views, run_windows
 
 if TYPE_CHECKING:
     from .modeling.segmentor import Segmentor
+    from .precision import Precision
 
 
 class Segmenter:
@@ -38,13 +39,16 @@ class Segmenter:
     replaces it. Without ``checkpoint`` a preset's release weights are taken from the cache
     (``$VITADAPTER_HOME``) or downloaded once. ``device`` defaults to CUDA when available.
     ``tta`` turns on the official multi-scale + flip test-time augmentation; ``batch_windows``
-    runs that many slide windows per forward pass (same results, more memory).
+    runs that many slide windows per forward pass (same results, more memory). ``precision``
+    is ``"fp32"`` (default, the official numbers), ``"bf16"`` (autocast, CPU or CUDA),
+    ``"fp16"`` (autocast, CUDA) or ``"int8"`` (dynamically quantised Linear layers, CPU).
     """
 
     def __init__(self, model: str = SEED_PRESET, *, config: Any = None,
                  checkpoint: str | Path | None = None, device: str | None = None,
                  behaviour: Behaviour | None = None, tta: bool = False,
-                 batch_windows: int = 1, trust_checkpoint: bool = False) -> None:
+                 batch_windows: int = 1, trust_checkpoint: bool = False,
+                 precision: Precision = "fp32") -> None:
         from .build import resolve_config
         from .torch_runner import TorchRunner, default_device, load_segmentor
         from .weights import fetch_weights
@@ -54,18 +58,18 @@ class Segmenter:
             checkpoint = fetch_weights(cfg)
         network = load_segmentor(cfg, checkpoint, device=device or default_device(),
                                  trust_checkpoint=trust_checkpoint)
-        runner = TorchRunner(network)
+        runner = TorchRunner(network, precision, owns_model=True)
         self._setup(runner, network.config, network.classes, network.palette,
                     str(runner.device), tta, batch_windows)
 
     @classmethod
-    def from_model(cls, model: Segmentor, *, tta: bool = False,
-                   batch_windows: int = 1) -> Segmenter:
+    def from_model(cls, model: Segmentor, *, tta: bool = False, batch_windows: int = 1,
+                   precision: Precision = "fp32") -> Segmenter:
         """Wrap an already built (and loaded) :class:`Segmentor`, e.g. one with random weights
         for benchmarks."""
         from .torch_runner import TorchRunner
 
-        runner = TorchRunner(model)
+        runner = TorchRunner(model, precision)
         return cls._from_runner(runner, model.config, model.classes, model.palette,
                                 str(runner.device), tta, batch_windows)
 

@@ -11,6 +11,7 @@ from .build import ConfigLike, build_model
 from .checkpoint import load_checkpoint
 from .config import Behaviour
 from .modeling.segmentor import Segmentor
+from .precision import Precision, autocast, check_precision, prepare_model
 
 
 def default_device() -> str:
@@ -27,14 +28,17 @@ def load_segmentor(cfg: ConfigLike, checkpoint: str | Path, *, device: str,
 
 
 class TorchRunner:
-    """Runs batches of normalised crops through a :class:`Segmentor`."""
+    """Runs batches of normalised crops through a :class:`Segmentor` at ``precision``
+    (``owns_model``: int8 may quantise the model in place instead of a copy)."""
 
-    def __init__(self, model: Segmentor) -> None:
-        self.model = model.eval()
+    def __init__(self, model: Segmentor, precision: Precision = "fp32",
+                 owns_model: bool = False) -> None:
         self.device = next(model.parameters()).device
+        self.precision = check_precision(precision, self.device)
+        self.model = prepare_model(model.eval(), self.precision, inplace=owns_model)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             scores = self.model(batch)
         return scores.float().cpu().numpy()

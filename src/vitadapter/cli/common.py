@@ -32,6 +32,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="official multi-scale + flip test-time augmentation")
     group.add_argument("--batch-windows", type=int, default=1, metavar="N",
                        help="slide windows per forward pass (default 1)")
+    group.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                       help="fp32 (default: the official numbers), bf16 (CPU/CUDA autocast), "
+                            "fp16 (CUDA autocast) or int8 (quantised Linear layers, CPU)")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="allow pickled objects beyond tensors (only for files you trust)")
 
@@ -42,4 +45,4 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     return Segmenter(args.model or SEED_PRESET, config=args.config, checkpoint=args.checkpoint,
                      device=args.device, behaviour=args.behaviour, tta=args.tta,
                      batch_windows=args.batch_windows,
-                     trust_checkpoint=args.trust_checkpoint)
+                     trust_checkpoint=args.trust_checkpoint, precision=args.precision)

@@ -1,0 +1,55 @@
+"""Numeric precision of the PyTorch backend: fp32 (default), autocast bf16/fp16, int8 Linear.
+
+Deformable-attention sampling always runs in float32 (the op upcasts), so reduced precision
+only touches the matrix products, convolutions and attention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(precision: str, device: str | torch.device) -> Precision:
+    """Validate ``precision`` for ``device``, with the reason and the alternative if not."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of "
+                          + ", ".join(PRECISIONS))
+    kind = torch.device(device).type
+    if precision == "fp16" and kind != "cuda":
+        raise ConfigError("precision 'fp16' needs a CUDA device (CPUs have no fast fp16 "
+                          "matrix products); on the CPU use 'bf16' or 'int8'")
+    if precision == "int8" and kind != "cpu":
+        raise ConfigError("precision 'int8' (dynamic quantisation of Linear layers) runs on "
+                          "the CPU only; on CUDA use 'bf16' or 'fp16'")
+    return precision  # type: ignore[return-value]
+
+
+def prepare_model(model: nn.Module, precision: Precision, inplace: bool = False) -> nn.Module:
+    """For ``int8``, the model with its Linear layers quantised (a copy unless ``inplace``);
+    other precisions return ``model`` itself."""
+    if precision != "int8":
+        return model
+    with warnings.catch_warnings():
+        # torch.ao's dynamic quantisation is deprecated in favour of torchao, still works.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8,
+                                                       inplace=inplace)
+
+
+def autocast(precision: Precision,
+             device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """The autocast context of ``precision`` (a no-op for fp32 and int8)."""
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext()
