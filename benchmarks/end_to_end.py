@@ -12,27 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-PRESET = "cocostuff164k-beit-adapter-l-m2f-896"
-
-
-def write_checkpoint(path: Path) -> None:
-    import torch
-
-    from vitadapter import build_model
-    from vitadapter.checkpoint import Checkpoint, write_safetensors
-
-    torch.manual_seed(0)
-    model = build_model(PRESET)
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.endswith("relative_position_index")}
-    write_safetensors(Checkpoint(state, source="random"), path)
+from bench_common import PRESET, peak_rss_gib, run_case, write_random_checkpoint
 
 
 def measure(checkpoint: str, size: str, device: str, path: str, repeat: int) -> dict:
@@ -55,7 +39,7 @@ def measure(checkpoint: str, size: str, device: str, path: str, repeat: int) -> 
             times.append(time.perf_counter() - start)
     assert result.label_map.shape == (height, width)
     return {"size": size, "path": path, "load_s": load_s, "seconds": min(times),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def main() -> None:
@@ -74,16 +58,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "random.safetensors"
-        write_checkpoint(checkpoint)
-        rows = []
-        for size in args.sizes:
-            for path in args.paths:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--case", str(checkpoint), size, path,
-                     "--device", args.device, "--repeat", str(args.repeat)],
-                    check=True, capture_output=True, text=True)
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(rows[-1], file=sys.stderr, flush=True)
+        write_random_checkpoint(checkpoint)
+        rows = [run_case(__file__, str(checkpoint), size, path, "--device", args.device,
+                         "--repeat", str(args.repeat))
+                for size in args.sizes for path in args.paths]
     print("| photo | path | load s | seconds / photo | peak RSS GiB |")
     print("|---|---|---|---|---|")
     for r in rows:
