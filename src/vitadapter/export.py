@@ -1,0 +1,171 @@
+"""ONNX export of the crop-level network, for deployment without PyTorch.
+
+``export_onnx`` writes ``Segmentor.forward`` (normalised crops (N, 3, S, S) -> class scores
+(N, C, S/4, S/4)) with a static crop size and a dynamic batch axis, traced under
+:func:`vitadapter.ops.reference_path` (one standard ``GridSample`` per level for the deformable
+attention, explicit attention), so any runtime with opset >= 16 runs it. The file's metadata
+makes it self-describing (see :mod:`vitadapter.onnx_runner`); models whose weights exceed what
+one protobuf may hold keep them in ``<out>.data`` next to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import ExportError, MissingDependencyError
+from .modeling.segmentor import Segmentor
+from .onnx_runner import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
+from .ops import reference_path
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 16  # GridSample
+DEFAULT_OPSET = 17
+# Weights above this size go to an external data file (protobuf's hard limit is 2 GiB).
+EXTERNAL_DATA_BYTES = 1536 * 2**20
+DTYPES = ("fp32", "fp16")
+
+
+def external_data_path(out: str | Path) -> Path:
+    """Where the weights of a large model go: ``<out>.data`` next to the ONNX file."""
+    out = Path(out)
+    return out.with_name(out.name + ".data")
+
+
+def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET,
+                dtype: str = "fp32", force: bool = False, weights: str = "unknown") -> Path:
+    """Export ``model`` (weights loaded) to ``out`` and return its path.
+
+    ``weights`` is recorded in the metadata (e.g. the checkpoint's file name, or "random").
+    The file is written under a temporary name and renamed when complete; an existing ``out``
+    is an error unless ``force``.
+    """
+    onnx = _import_onnx()
+    out = Path(out)
+    _check_request(model, out, opset, dtype, force)
+    metadata = export_metadata(model, dtype, weights)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        traced = tmp / "traced.onnx"
+        _trace(model, traced, opset)
+        proto = onnx.load(str(traced))
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
+        staged = tmp / out.name
+        data = external_data_path(out)
+        external = weight_bytes > EXTERNAL_DATA_BYTES
+        if external:
+            onnx.save_model(proto, str(staged), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data.name,
+                            size_threshold=1024)
+        else:
+            onnx.save_model(proto, str(staged))
+        del proto
+        onnx.checker.check_model(str(staged))
+        if external:
+            os.replace(tmp / data.name, data)
+        elif data.exists() and force:
+            data.unlink()  # a stale weight file of the model being replaced
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_metadata(model: Segmentor, dtype: str, weights: str) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file: everything the onnxruntime backend needs to
+    rebuild the Segmenter's pipeline."""
+    from .predictor import Segmenter
+
+    segmenter = Segmenter.from_model(model)  # the class names and palette it would use
+    cfg = model.config
+    inference = cfg.inference
+    preprocessing = {"mean": list(inference.mean), "std": list(inference.std),
+                     "to_rgb": inference.to_rgb, "img_scale": list(inference.img_scale),
+                     "size_divisor": inference.size_divisor}
+    values: dict[str, Any] = {
+        "vitadapter.format_version": FORMAT_VERSION,
+        "vitadapter.config": cfg.to_dict(),
+        "vitadapter.classes": list(segmenter.class_names),
+        "vitadapter.palette": segmenter.palette.tolist(),
+        "vitadapter.preprocessing": preprocessing,
+        "vitadapter.crop_size": list(inference.crop_size),
+        "vitadapter.stride": list(inference.stride),
+        "vitadapter.num_classes": cfg.num_classes,
+        "vitadapter.dtype": dtype,
+    }
+    metadata = {"vitadapter.format": FORMAT, "vitadapter.version": __version__,
+                "vitadapter.weights": weights}
+    metadata.update({k: json.dumps(v) for k, v in values.items()})
+    return metadata
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError(
+            "exporting to ONNX needs the onnx package: pip install 'vitadapter[export]'"
+        ) from None
+    return onnx
+
+
+def _check_request(model: Segmentor, out: Path, opset: int, dtype: str, force: bool) -> None:
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: the deformable attention needs "
+                          f"GridSample, which ONNX has from opset {MIN_OPSET}")
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "fp16":
+        raise ExportError("fp16 export is not supported yet; export fp32 (onnxruntime's CPU "
+                          "provider runs fp16 models no faster than fp32 ones)")
+    params = list(model.parameters())
+    if any(p.is_meta for p in params):
+        raise ExportError("the model has no weights (built on the meta device); load a "
+                          "checkpoint first")
+    if any(p.dtype != torch.float32 for p in params):
+        raise ExportError("export the float32 model (model.float()); its dtype is "
+                          f"{params[0].dtype}")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out.parent} is not a directory")
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give the .onnx file to write")
+    if not force:
+        for path in (out, external_data_path(out)):
+            if path.exists():
+                raise ExportError(f"{path} already exists; choose another name or pass "
+                                  "--force (force=True) to overwrite it")
+
+
+def _trace(model: Segmentor, path: Path, opset: int) -> None:
+    size = model.crop_size
+    device = next(model.parameters()).device
+    example = torch.zeros(1, model.config.backbone.in_channels, size, size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with reference_path(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape checks baked in as constants
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=True)
+    except (RuntimeError, ValueError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the ONNX exporter failed at opset {opset}: {message}") from None
+    finally:
+        model.train(was_training)
