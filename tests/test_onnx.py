@@ -185,6 +185,8 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
     ([], "give the weights to export with --checkpoint"),
     (["--checkpoint", str(CHECKPOINT), "--opset", "15"], "GridSample, which ONNX has from "
                                                          "opset 16"),
+    (["--checkpoint", str(CHECKPOINT), "--opset", "99"], "opset 99 is newer than this "
+                                                         "PyTorch's ONNX exporter writes"),
     (["--checkpoint", str(CHECKPOINT), "--dtype", "fp16"], "fp16 export is not supported yet"),
     (["--checkpoint", str(CHECKPOINT), "--crop", "96"],
      "trained for 128px crops, the model is built for 96px"),

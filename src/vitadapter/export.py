@@ -54,7 +54,10 @@ def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET
     out = Path(out)
     _check_request(model, out, opset, dtype, force)
     metadata = export_metadata(model, dtype, weights)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write into {out.parent}: {exc.strerror or exc}") from None
     try:
         traced = tmp / "traced.onnx"
         _trace(model, traced, opset)
@@ -74,12 +77,18 @@ def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET
         else:
             onnx.save_model(proto, str(staged))
         del proto
-        onnx.checker.check_model(str(staged))
+        try:
+            onnx.checker.check_model(str(staged))
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the exported graph fails the ONNX checker: "
+                              f"{str(exc).strip().splitlines()[0]}") from None
         if external:
             os.replace(tmp / data.name, data)
         elif data.exists() and force:
             data.unlink()  # a stale weight file of the model being replaced
         os.replace(staged, out)
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -123,10 +132,23 @@ def _import_onnx() -> Any:
     return onnx
 
 
+def max_opset() -> int:
+    """The newest opset the TorchScript-based exporter of this PyTorch writes."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:  # a private name: assume the newest opset of torch 2.x
+        return 20
+    return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
 def _check_request(model: Segmentor, out: Path, opset: int, dtype: str, force: bool) -> None:
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: the deformable attention needs "
                           f"GridSample, which ONNX has from opset {MIN_OPSET}")
+    newest = max_opset()
+    if opset > newest:
+        raise ExportError(f"opset {opset} is newer than this PyTorch's ONNX exporter writes "
+                          f"(at most {newest})")
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "fp16":
