@@ -21,7 +21,7 @@ from vitadapter.errors import (
     MissingDependencyError,
     OnnxModelError,
 )
-from vitadapter.export import export_onnx, external_data_path
+from vitadapter.export import export_onnx, external_data_path, verify_export
 from vitadapter.onnx_runner import FORMAT, METADATA_KEYS, OnnxRunner
 from vitadapter.ops import reference_path
 
@@ -131,8 +131,11 @@ def test_runs_without_torch(exported, tmp_path):
 def test_cli_export_then_segment(tmp_path, capsys):
     model = tmp_path / "tiny.onnx"
     assert main(["-q", "export-onnx", "--config", str(set_config("tiny-modelscope")),
-                 "--checkpoint", str(CHECKPOINT), "--out", str(model)]) == 0
-    assert "wrote" in capsys.readouterr().out
+                 "--checkpoint", str(CHECKPOINT), "--out", str(model), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
+    error = float(printed.split("max difference ")[1].split()[0])
+    assert 0 <= error < 1e-5
     assert model.is_file() and not external_data_path(model).exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name != "tiny.onnx"]  # no temp left
     out = tmp_path / "out"
@@ -237,3 +240,8 @@ def test_missing_packages_are_named(tiny_models, exported, tmp_path, monkeypatch
     with pytest.raises(MissingDependencyError, match=r"pip install 'vitadapter\[export\]'"):
         export_onnx(tiny_models["tiny-upstream"], tmp_path / "m.onnx")
 
+
+
+def test_verify_tells_models_apart(tiny_models, exported):
+    assert verify_export(tiny_models["tiny-upstream"], exported["tiny-upstream"]) < 1e-5
+    assert verify_export(tiny_models["tiny-upstream"], exported["tiny-modelscope"]) > 1e-2

@@ -94,6 +94,23 @@ def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET
     return out
 
 
+def verify_export(model: Segmentor, path: str | Path, *, seed: int = 0) -> float:
+    """Run one random crop through ``model`` (reference path) and through onnxruntime on
+    ``path``; return max |difference| / max |PyTorch score|."""
+    import numpy as np
+
+    from .onnx_runner import OnnxRunner
+
+    size = model.crop_size
+    crop = np.random.default_rng(seed).normal(size=(1, 3, size, size)).astype(np.float32)
+    device = next(model.parameters()).device
+    with reference_path(), torch.inference_mode():
+        expected = model(torch.from_numpy(crop).to(device)).float().cpu().numpy()
+    actual = OnnxRunner(path)(crop)
+    scale = float(np.abs(expected).max())
+    return float(np.abs(actual - expected).max() / scale) if scale > 0 else 0.0
+
+
 def export_metadata(model: Segmentor, dtype: str, weights: str) -> dict[str, str]:
     """The ``metadata_props`` of an exported file: everything the onnxruntime backend needs to
     rebuild the Segmenter's pipeline."""

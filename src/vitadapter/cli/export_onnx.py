@@ -11,6 +11,8 @@ from ..config import ModelConfig
 from ..errors import ExportError
 from ..presets import PRESETS, SEED_PRESET
 
+VERIFY_TOLERANCE = 1e-3
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -39,12 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow pickled objects beyond tensors (only for files you trust)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="then run one random crop in PyTorch and onnxruntime and compare "
+                        "(fails above 1e-3 of the score scale)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..build import build_model, resolve_config
-    from ..export import export_onnx, external_data_path
+    from ..export import export_onnx, external_data_path, verify_export
     from ..torch_runner import load_segmentor
 
     if args.checkpoint is None and not args.allow_random:
@@ -65,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
                       weights=weights)
     size = sum(p.stat().st_size for p in (out, external_data_path(out)) if p.is_file()) / 2**20
     print(f"wrote {out} ({size:.1f} MiB) in {time.perf_counter() - start:.1f}s")
+    if args.verify:
+        error = verify_export(model, out)
+        print(f"onnxruntime vs PyTorch on a random crop: max difference {error:.2e} of the "
+              "score scale")
+        if not error <= VERIFY_TOLERANCE:
+            raise ExportError(f"{out} does not reproduce PyTorch (difference {error:.2e} > "
+                              f"{VERIFY_TOLERANCE:g}); please report this")
     return 0
 
 
