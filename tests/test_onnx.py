@@ -16,11 +16,7 @@ from PIL import Image
 
 from vitadapter import Segmenter, build_model
 from vitadapter.cli import main
-from vitadapter.errors import (
-    ExportError,
-    MissingDependencyError,
-    OnnxModelError,
-)
+from vitadapter.errors import ExportError, MissingDependencyError, OnnxModelError
 from vitadapter.export import export_onnx, external_data_path, verify_export
 from vitadapter.onnx_runner import FORMAT, METADATA_KEYS, OnnxRunner
 from vitadapter.ops import reference_path
