@@ -95,6 +95,18 @@ def test_file_describes_itself(tiny_models, segmenter, exported):
     assert "GridSample" in {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
+def test_weights_are_stored_once(tiny_models, exported):
+    """The relative position bias stays a gather from each block's table: folded into
+    constants it would cost (heads, N+1, N+1) floats per block (15 GB at 896)."""
+    initializers = onnx.load(str(exported["tiny-upstream"])).graph.initializer
+    stored = sum(len(t.raw_data) for t in initializers)
+    params = sum(p.numel() * 4 for p in tiny_models["tiny-upstream"].parameters())
+    index = 65 * 65 * 8  # one int64 relative position index, shared by the blocks
+    assert params <= stored <= params + index + 16 * 2**10
+    assert not [t.name for t in initializers if list(t.dims)[-2:] == [65, 65]
+                and t.data_type == onnx.TensorProto.FLOAT]
+
+
 NO_TORCH = """
 import sys
 sys.modules["torch"] = None  # any "import torch" now fails
