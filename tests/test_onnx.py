@@ -17,7 +17,7 @@ from PIL import Image
 from vitadapter import Segmenter, build_model
 from vitadapter.cli import main
 from vitadapter.errors import ExportError, MissingDependencyError, OnnxModelError
-from vitadapter.export import export_onnx, external_data_path, verify_export
+from vitadapter.export import export_onnx, external_data_path, package, verify_export
 from vitadapter.onnx_runner import FORMAT, METADATA_KEYS, OnnxRunner
 from vitadapter.ops import reference_path
 
@@ -178,6 +178,31 @@ def test_large_models_keep_weights_in_a_data_file(tiny_models, tmp_path, monkeyp
     path.unlink()
     with pytest.raises(ExportError, match=r"big\.onnx\.data already exists"):
         export_onnx(model, path)
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_per_tensor_weight_files_are_merged(limit, exported, tmp_path, monkeypatch):
+    """Over 2 GB the exporter writes one file per tensor; packaging streams them into one
+    ``.data`` file (or inline, for a small model) without changing a number."""
+    if limit is not None:
+        monkeypatch.setattr("vitadapter.export.EXTERNAL_DATA_BYTES", limit)
+    source = onnx.load(str(exported["tiny-upstream"]))
+    metadata = {p.key: p.value for p in source.metadata_props}
+    traced_dir = tmp_path / "traced"
+    traced_dir.mkdir()
+    onnx.save_model(source, str(traced_dir / "traced.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)
+    assert len(list(traced_dir.iterdir())) > 100
+    out = tmp_path / "out"
+    out.mkdir()
+    assert package(traced_dir / "traced.onnx", out / "m.onnx", metadata,
+                   "m.onnx.data") is (limit == 0)
+    assert sorted(p.name for p in out.iterdir()) == (
+        ["m.onnx", "m.onnx.data"] if limit == 0 else ["m.onnx"])
+    onnx.checker.check_model(str(out / "m.onnx"))
+    batch = crops(1)
+    assert np.array_equal(OnnxRunner(out / "m.onnx")(batch),
+                          OnnxRunner(exported["tiny-upstream"])(batch))
 
 
 def test_cli_refuses_to_overwrite(tmp_path, capsys):

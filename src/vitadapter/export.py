@@ -10,6 +10,7 @@ one protobuf may hold keep them in ``<out>.data`` next to the file.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ DEFAULT_OPSET = 17
 # Weights above this size go to an external data file (protobuf's hard limit is 2 GiB).
 EXTERNAL_DATA_BYTES = 1536 * 2**20
 DTYPES = ("fp32", "fp16")
+DATA_ALIGNMENT = 4096
 
 
 def external_data_path(out: str | Path) -> Path:
@@ -65,29 +67,17 @@ def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET
     try:
         traced = tmp / "traced.onnx"
         _trace(model, traced, opset)
-        proto = onnx.load(str(traced))
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
+        gc.collect()  # the tracer's copies of the weights
         staged = tmp / out.name
         data = external_data_path(out)
-        external = weight_bytes > EXTERNAL_DATA_BYTES
-        if external:
-            onnx.save_model(proto, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data.name,
-                            size_threshold=1024)
-        else:
-            onnx.save_model(proto, str(staged))
-        del proto
+        external = package(traced, staged, metadata, data.name)
         try:
             onnx.checker.check_model(str(staged))
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"the exported graph fails the ONNX checker: "
                               f"{str(exc).strip().splitlines()[0]}") from None
         if external:
-            os.replace(tmp / data.name, data)
+            os.replace(staged.with_name(data.name), data)
         elif data.exists() and force:
             data.unlink()  # a stale weight file of the model being replaced
         os.replace(staged, out)
@@ -96,6 +86,67 @@ def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def package(traced: str | Path, staged: str | Path, metadata: dict[str, str],
+            data_name: str) -> bool:
+    """Rewrite the exporter's file ``traced`` (weights inline, or one file per tensor for
+    models over 2 GB) as ``staged`` with ``metadata``; weights above
+    :data:`EXTERNAL_DATA_BYTES` in all go to one file ``data_name`` next to it, copied one
+    tensor at a time so that the weights are never all in memory twice. Returns whether
+    they did."""
+    onnx = _import_onnx()
+    traced, staged = Path(traced), Path(staged)
+    proto = onnx.load(str(traced), load_external_data=False)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    tensors = proto.graph.initializer
+    external = sum(_stored_bytes(t) for t in tensors) > EXTERNAL_DATA_BYTES
+    with open(staged.with_name(data_name), "wb") if external else nullcontext() as sink:
+        for tensor in tensors:
+            if tensor.data_type == onnx.TensorProto.STRING:
+                continue
+            raw = _tensor_bytes(tensor, traced.parent)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            if sink is None or len(raw) <= 1024:
+                tensor.raw_data = raw
+                continue
+            tensor.ClearField("raw_data")
+            offset = -(-sink.tell() // DATA_ALIGNMENT) * DATA_ALIGNMENT  # page-aligned: mmap
+            sink.seek(offset)
+            sink.write(raw)
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save_model(proto, str(staged))
+    return external
+
+
+def _stored_bytes(tensor: Any) -> int:
+    info = {e.key: e.value for e in tensor.external_data}
+    return int(info.get("length", 0)) if "location" in info else len(tensor.raw_data)
+
+
+def _tensor_bytes(tensor: Any, folder: Path) -> bytes:
+    """A tensor's little-endian bytes, read from its external file when it has one."""
+    info = {e.key: e.value for e in tensor.external_data}
+    if "location" in info:
+        with open(folder / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            return f.read(int(info["length"])) if "length" in info else f.read()
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    array = numpy_helper.to_array(tensor)  # typed fields (int64_data, ...)
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(field)
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
 def verify_export(model: Segmentor, path: str | Path, *, seed: int = 0) -> float:
