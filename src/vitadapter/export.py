@@ -65,7 +65,8 @@ def export_onnx(model: Segmentor, out: str | Path, *, opset: int = DEFAULT_OPSET
     except OSError as exc:
         raise ExportError(f"cannot write into {out.parent}: {exc.strerror or exc}") from None
     try:
-        traced = tmp / "traced.onnx"
+        (tmp / "trace").mkdir()  # the exporter's files, apart from ours
+        traced = tmp / "trace" / "model.onnx"
         _trace(model, traced, opset)
         gc.collect()  # the tracer's copies of the weights
         staged = tmp / out.name
