@@ -26,6 +26,7 @@ _EXPORTS = {
     "get_preset": "presets",
     "Segmenter": "predictor",
     "SegmentationResult": "result",
+    "export_onnx": "export",
 }
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "VitAdapterError",
     "build_model",
     "convert_to_safetensors",
+    "export_onnx",
     "get_preset",
     "load_checkpoint",
     "read_checkpoint",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .checkpoint import convert_to_safetensors, load_checkpoint, read_checkpoint
     from .config import ModelConfig
     from .errors import CheckpointError, ConfigError, ImageError, VitAdapterError
+    from .export import export_onnx
     from .predictor import Segmenter
     from .presets import PRESETS, get_preset
     from .result import SegmentationResult

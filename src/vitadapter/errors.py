@@ -23,3 +23,15 @@ class DatasetError(VitAdapterError, ValueError):
 
 class EvaluationError(VitAdapterError):
     """An evaluation that cannot run as asked (e.g. a saved state from another run)."""
+
+
+class MissingDependencyError(VitAdapterError, ImportError):
+    """An optional dependency (an extra such as ``vitadapter[onnx]``) is not installed."""
+
+
+class ExportError(VitAdapterError):
+    """A model that cannot be exported as asked (no weights, unsupported opset or dtype, ...)."""
+
+
+class OnnxModelError(VitAdapterError, ValueError):
+    """An ONNX file that is unreadable or was not exported by ``vitadapter export-onnx``."""

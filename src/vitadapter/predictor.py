@@ -74,6 +74,21 @@ class Segmenter:
                                 str(runner.device), tta, batch_windows)
 
     @classmethod
+    def from_onnx(cls, path: str | Path, *, providers: Sequence[str] | None = None,
+                  threads: int | None = None, tta: bool = False,
+                  batch_windows: int = 1) -> Segmenter:
+        """Run a file written by ``vitadapter export-onnx`` with onnxruntime; torch is not
+        imported. ``providers`` are onnxruntime execution providers (default CPU);
+        ``threads`` sets its intra-op threads. Preprocessing, slide windows and merge are the
+        same as the PyTorch backend's, with the config, classes and palette from the file."""
+        from .onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(path, providers=providers, threads=threads)
+        meta = runner.metadata
+        return cls._from_runner(runner, meta.config, meta.classes, meta.palette,
+                                runner.device, tta, batch_windows)
+
+    @classmethod
     def _from_runner(cls, runner: CropRunner, config: ModelConfig,
                      classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None,
                      device: str, tta: bool, batch_windows: int) -> Segmenter:

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VitAdapterError
-from . import convert, evaluate, presets, segment, serve
+from . import convert, evaluate, export_onnx, presets, segment, serve
 
-COMMANDS = (segment, evaluate, serve, convert, presets)
+COMMANDS = (segment, evaluate, serve, convert, export_onnx, presets)
 
 
 def build_parser() -> argparse.ArgumentParser:

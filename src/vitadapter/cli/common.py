@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from ..errors import VitAdapterError
 from ..presets import PRESETS, SEED_PRESET
 
 if TYPE_CHECKING:
@@ -39,9 +40,36 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="allow pickled objects beyond tensors (only for files you trust)")
 
 
+def add_onnx_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", default=None, metavar="FILE",
+                        help="run a file written by `vitadapter export-onnx` with onnxruntime "
+                             "instead of PyTorch (the model, classes and preprocessing come "
+                             "from the file; --device cpu or cuda picks the provider)")
+
+
+def onnx_providers(device: str | None) -> list[str]:
+    """onnxruntime execution providers for a --device value."""
+    if device is None or device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.split(":")[0] == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise VitAdapterError(f"--device {device} is not available with --onnx (cpu or cuda)")
+
+
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     from ..predictor import Segmenter
 
+    if getattr(args, "onnx", None):
+        clashes = [flag for flag, value in (("--model", args.model), ("--config", args.config),
+                                            ("--checkpoint", args.checkpoint),
+                                            ("--behaviour", args.behaviour),
+                                            ("--trust-checkpoint", args.trust_checkpoint))
+                   if value]
+        if clashes:
+            raise VitAdapterError(f"--onnx takes the model from the file; drop "
+                                  f"{', '.join(clashes)}")
+        return Segmenter.from_onnx(args.onnx, providers=onnx_providers(args.device),
+                                   tta=args.tta, batch_windows=args.batch_windows)
     return Segmenter(args.model or SEED_PRESET, config=args.config, checkpoint=args.checkpoint,
                      device=args.device, behaviour=args.behaviour, tta=args.tta,
                      batch_windows=args.batch_windows,

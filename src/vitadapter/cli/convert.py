@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..checkpoint import convert_to_safetensors
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint to safetensors",
@@ -22,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import convert_to_safetensors  # imports torch: not at CLI start-up
+
     start = time.perf_counter()
     out = convert_to_safetensors(args.src, args.dst, trust_checkpoint=args.trust_checkpoint,
                                  overwrite=args.force)

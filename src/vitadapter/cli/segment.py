@@ -16,7 +16,7 @@ from ..errors import ImageError, VitAdapterError
 from ..predictor import Segmenter
 from ..progress import Progress
 from ..result import SegmentationResult
-from .common import add_model_arguments, segmenter_from_args
+from .common import add_model_arguments, add_onnx_argument, segmenter_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image files, directories (searched recursively) or glob patterns")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     add_model_arguments(p)
+    add_onnx_argument(p)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--no-legend", action="store_true", help="overlay without the legend")
     p.add_argument("--skip-existing", action="store_true",

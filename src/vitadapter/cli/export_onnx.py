@@ -1,0 +1,90 @@
+"""``vitadapter export-onnx --checkpoint CKPT --out model.onnx``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..errors import ExportError
+from ..presets import PRESETS, SEED_PRESET
+
+VERIFY_TOLERANCE = 1e-3
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-onnx", help="export a model to ONNX (run it later without PyTorch)",
+        description="Export the crop-level network (normalised crops -> class scores) to an "
+                    "ONNX file that carries its config, classes, palette and preprocessing; "
+                    "run it with `vitadapter segment --onnx FILE` or Segmenter.from_onnx.")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--model", default=None, metavar="PRESET",
+                        help=f"named preset (default {SEED_PRESET}); one of: "
+                             + ", ".join(PRESETS))
+    choice.add_argument("--config", default=None,
+                        help="config.json (our layout or the official mmcv layout)")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights to export (.zip/.pth/.pth.tar/.pt/.safetensors)")
+    p.add_argument("--allow-random", action="store_true",
+                   help="without --checkpoint, export random weights (for benchmarks)")
+    p.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+    p.add_argument("--crop", type=int, default=None, metavar="S",
+                   help="crop size of the exported network (default: the config's)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 16 (default 17)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="weight precision (default fp32; fp16 is not supported yet)")
+    p.add_argument("--behaviour", choices=("official", "modelscope"), default=None,
+                   help="adapter behaviour (default official)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow pickled objects beyond tensors (only for files you trust)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="then run one random crop in PyTorch and onnxruntime and compare "
+                        "(fails above 1e-3 of the score scale)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..build import build_model, resolve_config
+    from ..export import export_onnx, external_data_path, verify_export
+    from ..torch_runner import load_segmentor
+
+    if args.checkpoint is None and not args.allow_random:
+        raise ExportError("give the weights to export with --checkpoint (or --allow-random "
+                          "to export random weights, e.g. for benchmarks)")
+    cfg = resolve_config(args.config or args.model or SEED_PRESET, args.behaviour)
+    if args.crop is not None and args.crop != cfg.backbone.img_size:
+        cfg = with_crop(cfg, args.crop)
+    start = time.perf_counter()
+    if args.checkpoint is not None:
+        model = load_segmentor(cfg, args.checkpoint, device="cpu",
+                               trust_checkpoint=args.trust_checkpoint)
+        weights = Path(args.checkpoint).name
+    else:
+        model = build_model(cfg)
+        weights = "random"
+    out = export_onnx(model, args.out, opset=args.opset, dtype=args.dtype, force=args.force,
+                      weights=weights)
+    size = sum(p.stat().st_size for p in (out, external_data_path(out)) if p.is_file()) / 2**20
+    print(f"wrote {out} ({size:.1f} MiB) in {time.perf_counter() - start:.1f}s")
+    if args.verify:
+        error = verify_export(model, out)
+        print(f"onnxruntime vs PyTorch on a random crop: max difference {error:.2e} of the "
+              "score scale")
+        if not error <= VERIFY_TOLERANCE:
+            raise ExportError(f"{out} does not reproduce PyTorch (difference {error:.2e} > "
+                              f"{VERIFY_TOLERANCE:g}); please report this")
+    return 0
+
+
+def with_crop(cfg: ModelConfig, crop: int) -> ModelConfig:
+    """The config for another crop size (the checkpoint's relative position tables must fit
+    it); the slide stride is capped at the crop."""
+    inference = cfg.inference
+    stride = tuple(min(s, crop) for s in inference.stride)
+    return cfg.replace(
+        backbone=dataclasses.replace(cfg.backbone, img_size=crop),
+        inference=dataclasses.replace(inference, crop_size=(crop, crop), stride=stride))
