@@ -17,17 +17,14 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.onnx.operators
 
 from . import __version__
 from .errors import ExportError, MissingDependencyError
-from .modeling import beit
 from .modeling.segmentor import Segmentor
 from .onnx_runner import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
 from .ops import reference_path
@@ -245,41 +242,6 @@ def _check_request(model: Segmentor, out: Path, opset: int, dtype: str, force: b
                                   "--force (force=True) to overwrite it")
 
 
-@contextmanager
-def _position_index_from_input(model: Segmentor) -> Iterator[None]:
-    """Keep BEiT's relative position bias a runtime gather while tracing.
-
-    ``table[index]`` has constant inputs, so the exporter (and onnxruntime) would fold it into
-    a (heads, N+1, N+1) constant per block: 630 MB each, 15 GB for the 24 blocks of a 896
-    model, against 0.8 MB for a table. Adding a zero taken from the input's shape makes the
-    index depend on the input, so every block keeps its table and gathers at run time; the
-    values are unchanged.
-    """
-    zero: list[torch.Tensor] = []
-    original = beit.relative_position_index
-
-    def remember_zero(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        zero[:] = [torch.onnx.operators.shape_as_tensor(args[0])[0] * 0]
-
-    def dynamic_index(window: tuple[int, int],
-                      device: torch.device | str | None = None) -> torch.Tensor:
-        index = original(window, device)
-        return index + zero[0].to(index.device) if zero else index
-
-    def forget_zero(*_: Any) -> None:  # outside the forward pass (e.g. state_dict) as before
-        zero.clear()
-
-    hooks = [model.register_forward_pre_hook(remember_zero),
-             model.register_forward_hook(forget_zero)]
-    beit.relative_position_index = dynamic_index  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        beit.relative_position_index = original  # type: ignore[assignment]
-        for hook in hooks:
-            hook.remove()
-
-
 def _trace(model: Segmentor, path: Path, opset: int) -> None:
     size = model.crop_size
     device = next(model.parameters()).device
@@ -287,8 +249,7 @@ def _trace(model: Segmentor, path: Path, opset: int) -> None:
     was_training = model.training
     model.eval()
     try:
-        with (reference_path(), torch.no_grad(), warnings.catch_warnings(),
-              _position_index_from_input(model)):
+        with (reference_path(), torch.no_grad(), warnings.catch_warnings()):
             warnings.simplefilter("ignore")  # tracer notes on shape checks baked in as constants
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, opset_version=opset,

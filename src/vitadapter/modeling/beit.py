@@ -84,13 +84,20 @@ class Attention(nn.Module):
             self.relative_position_bias_table = None
         self.proj = nn.Linear(dim, dim)
 
-    def relative_position_bias(self) -> torch.Tensor | None:
+    def relative_position_bias(self, tokens: torch.Tensor | None = None) -> torch.Tensor | None:
         """The bias of every head, ``(heads, N+1, N+1)``, gathered contiguously from the
         transposed table (no permuted copy of the N^2 x heads gather)."""
         table = self.relative_position_bias_table
         if table is None:
             return None
         index = relative_position_index(self.window, table.device)
+        if tokens is not None and torch.jit.is_tracing():
+            # ONNX export: tie the index to the input (+0) so that the gather stays a run-time
+            # op; with a constant index the exporter and onnxruntime fold each block's bias
+            # into a (heads, N+1, N+1) constant, 15 GB for the 24 blocks of a 896 model.
+            from torch.onnx.operators import shape_as_tensor
+
+            index = index + shape_as_tensor(tokens)[0] * 0
         tokens = index.shape[0]
         return table.t().index_select(1, index.view(-1)).view(-1, tokens, tokens)
 
@@ -124,7 +131,7 @@ class Attention(nn.Module):
         else:  # a dynamically quantised (int8) Linear is only callable as a module
             qkv = self.qkv(x) if bias is None else self.qkv(x) + bias
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        rel_bias = self.relative_position_bias()
+        rel_bias = self.relative_position_bias(x)
         if use_reference():
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if rel_bias is not None:
