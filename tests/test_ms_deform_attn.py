@@ -94,6 +94,20 @@ def test_half_precision_value_is_computed_in_float32():
     assert_close(fast.float(), reference.float(), rel=1e-2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu_reference(dtype):
+    shapes = [(7, 5), (1, 1), (4, 6)]
+    value, locations, weights = make_inputs(shapes, 2, 3, 4, 300, 2)
+    value = value.to(dtype)
+    expected = ms_deform_attn_reference(value.float(), shapes, locations, weights).to(dtype)
+    fast, reference = fast_and_reference(value.cuda(), shapes, locations.cuda(), weights.cuda())
+    for out in (fast, reference):
+        assert out.device.type == "cuda" and out.dtype == dtype
+        assert_close(out.cpu().float(), expected.float(),
+                     rel=1e-5 if dtype == torch.float32 else 1e-2)
+
+
 @pytest.mark.parametrize("reference", [False, True])
 def test_bilinear_by_hand(reference):
     """2x2 map, pixel centres at x, y in {0.25, 0.75}; head 1 holds 10x head 0."""

@@ -95,9 +95,9 @@ def ms_deform_attn_fast(value: torch.Tensor, spatial_shapes: SpatialShapes,
             y = (loc[..., 1] * h - 0.5).clamp_(-1.0, float(h))
             x0, y0 = x.floor(), y.floor()
             fx, fy = x.sub_(x0), y.sub_(y0)
-            # Exact in float32: _fast_path_exact bounds the level size.
-            top_left = (y0.mul_(w + _BORDER).add_(x0).to(index_dtype)
-                        .add_(bases).add_(start + w + _BORDER + 1))
+            # Row of the top-left corner, in float32 within the level (exact: _fast_path_exact).
+            top_left = torch.add(x0, y0, alpha=w + _BORDER).to(index_dtype).add_(
+                bases + (start + w + _BORDER + 1))
             level_index = index[:, :, :, level]
             for corner, step in enumerate((0, 1, w + _BORDER, w + _BORDER + 1)):
                 torch.add(top_left, step, out=level_index[:, :, :, corner])
