@@ -36,8 +36,9 @@ from .dispatch import use_reference
 SpatialShapes = Sequence[tuple[int, int]]
 
 # Gathered rows per query chunk of the fast path: its int32 indices and float32 weights then take
-# 16 MB, plus smaller per-level temporaries.
-_CHUNK_ROWS = 1 << 21
+# 32 MB, plus about as much in smaller temporaries. Few large chunks keep the number of parallel
+# regions small, which matters when the CPU cores are shared.
+_CHUNK_ROWS = 1 << 22
 # Pixel coordinates are clamped to [-1, W]: the corners read columns -1 .. W + 1, so the fast
 # path's value copy has one zero column (row) before each level and two after.
 _BORDER = 3
@@ -79,37 +80,43 @@ def ms_deform_attn_fast(value: torch.Tensor, spatial_shapes: SpatialShapes,
     table, starts = _bordered_table(value, spatial_shapes)
     index_dtype = torch.int32 if table.shape[0] < 2**31 else torch.int64
     block = table.shape[0] // (batch * heads)
-    bases = (torch.arange(batch * heads, device=device, dtype=index_dtype) * block
-             ).view(batch, 1, heads, 1)
+    # Per-level constants spelled out over the points, so that the broadcasting ops below run
+    # over long contiguous inner loops.
+    sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32,
+                         device=device)[:, None].expand(levels, points, 2).contiguous()
+    row_widths = sizes[..., 0] + _BORDER  # (L, P)
+    # Row of pixel (0, 0) of each level in each (batch, head) block: (B, 1, heads, L, 1).
+    origins = (torch.arange(batch * heads, device=device, dtype=index_dtype) * block
+               ).view(batch, 1, heads, 1, 1) + torch.tensor(
+        [start + w + _BORDER + 1 for (_, w), start in zip(spatial_shapes, starts, strict=True)],
+        device=device, dtype=index_dtype)[:, None]
+    # Row steps from the top-left corner to the four corners: (L, 4, 1).
+    steps = torch.tensor([[0, 1, w + _BORDER, w + _BORDER + 1] for _, w in spatial_shapes],
+                         device=device, dtype=index_dtype)[:, :, None]
     out = torch.empty(batch, queries, heads * dim, device=device)
     chunk = max(1, _CHUNK_ROWS // (batch * heads * levels * points * 4))
     for first in range(0, queries, chunk):
         count = min(chunk, queries - first)
-        # A bag is one (batch, query, head); the order of its rows does not matter.
+        pixel = (sampling_locations[:, first:first + count] * sizes).sub_(0.5)
+        pixel = torch.minimum(pixel.clamp_(min=-1.0), sizes)  # beyond reads only the border
+        low = pixel.floor()
+        frac = pixel.sub_(low)
+        # Float32 row arithmetic within a level is exact (_fast_path_exact).
+        top_left = torch.addcmul(low[..., 0], low[..., 1], row_widths).to(index_dtype)
+        top_left += origins
+        # A bag is one (batch, query, head), rows (level, corner, point) in any order.
         index = torch.empty(batch, count, heads, levels, 4, points, dtype=index_dtype,
                             device=device)
+        torch.add(top_left[..., None, :], steps, out=index)
+        attn = attention_weights[:, first:first + count]
+        fx, fy = frac[..., 0], frac[..., 1]
+        by_row = torch.empty(batch, count, heads, levels, 2, points, device=device)
+        torch.mul(attn, fy, out=by_row[..., 1, :])
+        torch.sub(attn, by_row[..., 1, :], out=by_row[..., 0, :])
+        by_col = torch.stack((1 - fx, fx), dim=-2)
         weight = torch.empty(index.shape, device=device)
-        for level, ((h, w), start) in enumerate(zip(spatial_shapes, starts, strict=True)):
-            loc = sampling_locations[:, first:first + count, :, level]
-            x = (loc[..., 0] * w - 0.5).clamp_(-1.0, float(w))
-            y = (loc[..., 1] * h - 0.5).clamp_(-1.0, float(h))
-            x0, y0 = x.floor(), y.floor()
-            fx, fy = x.sub_(x0), y.sub_(y0)
-            # Row of the top-left corner, in float32 within the level (exact: _fast_path_exact).
-            top_left = torch.add(x0, y0, alpha=w + _BORDER).to(index_dtype).add_(
-                bases + (start + w + _BORDER + 1))
-            level_index = index[:, :, :, level]
-            for corner, step in enumerate((0, 1, w + _BORDER, w + _BORDER + 1)):
-                torch.add(top_left, step, out=level_index[:, :, :, corner])
-            attn = attention_weights[:, first:first + count, :, level]
-            level_weight = weight[:, :, :, level]
-            top, right, bottom, bottom_right = level_weight.unbind(3)
-            torch.mul(attn, fy, out=bottom)
-            torch.sub(attn, bottom, out=top)
-            torch.mul(top, fx, out=right)
-            top.sub_(right)
-            torch.mul(bottom, fx, out=bottom_right)
-            bottom.sub_(bottom_right)
+        torch.mul(by_row[..., :, None, :], by_col[..., None, :, :],
+                  out=weight.view(batch, count, heads, levels, 2, 2, points))
         rows = levels * 4 * points
         bags = F.embedding_bag(index.view(-1, rows), table,
                                per_sample_weights=weight.view(-1, rows), mode="sum")
