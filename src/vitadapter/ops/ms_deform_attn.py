@@ -85,6 +85,8 @@ def ms_deform_attn_fast(value: torch.Tensor, spatial_shapes: SpatialShapes,
     sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32,
                          device=device)[:, None].expand(levels, points, 2).contiguous()
     row_widths = sizes[..., 0] + _BORDER  # (L, P)
+    lowest = torch.full_like(sizes, -1.0)
+    minus_half = torch.tensor(-0.5, device=device)
     # Row of pixel (0, 0) of each level in each (batch, head) block: (B, 1, heads, L, 1).
     origins = (torch.arange(batch * heads, device=device, dtype=index_dtype) * block
                ).view(batch, 1, heads, 1, 1) + torch.tensor(
@@ -97,8 +99,8 @@ def ms_deform_attn_fast(value: torch.Tensor, spatial_shapes: SpatialShapes,
     chunk = max(1, _CHUNK_ROWS // (batch * heads * levels * points * 4))
     for first in range(0, queries, chunk):
         count = min(chunk, queries - first)
-        pixel = (sampling_locations[:, first:first + count] * sizes).sub_(0.5)
-        pixel = torch.minimum(pixel.clamp_(min=-1.0), sizes)  # beyond reads only the border
+        pixel = torch.addcmul(minus_half, sampling_locations[:, first:first + count], sizes)
+        pixel.clamp_(lowest, sizes)  # beyond that only the border is read
         low = pixel.floor()
         frac = pixel.sub_(low)
         # Float32 row arithmetic within a level is exact (_fast_path_exact).
