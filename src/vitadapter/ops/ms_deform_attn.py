@@ -20,8 +20,9 @@ Two implementations give the same numbers up to float32 summation order:
 * the reference path (:func:`ms_deform_attn_reference`) is the official pure-PyTorch algorithm:
   one ``grid_sample`` per level, stacked, weighted and summed.
 
-``with vitadapter.ops.reference_path(): ...`` forces the reference; it is also used when autograd
-needs gradients (the fast path is inference-only).
+``with vitadapter.ops.reference_path(): ...`` forces the reference. The reference also runs when
+autograd needs gradients (the fast path is inference-only) and for levels too large for the fast
+path's float32 row arithmetic (about 4000x4000 and up).
 """
 
 from __future__ import annotations
