@@ -76,6 +76,20 @@ def test_fast_matches_reference_across_query_chunks(monkeypatch):
     assert_close(fast, reference)
 
 
+def test_fast_path_does_not_depend_on_the_thread_count():
+    """Bitwise: a one-thread server and a multi-thread client must agree on label maps."""
+    shapes = [(40, 40), (20, 20)]
+    value, locations, weights = make_inputs(shapes, 1, 4, 8, 2000, 4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = ms_deform_attn(value, shapes, locations, weights)
+        torch.set_num_threads(2)
+        assert torch.equal(ms_deform_attn(value, shapes, locations, weights), single)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_spatial_shapes_as_tensor():
     shapes = [(4, 3), (2, 5)]
     value, locations, weights = make_inputs(shapes, 1, 2, 4, 6, 2)
