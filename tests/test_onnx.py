@@ -21,7 +21,7 @@ from vitadapter.export import export_onnx, external_data_path, package, verify_e
 from vitadapter.onnx_runner import FORMAT, METADATA_KEYS, OnnxRunner
 from vitadapter.ops import reference_path
 
-from .conftest import CHECKPOINT, PHOTO, expected, set_config
+from .conftest import CHECKPOINT, PHOTO, assert_official_labels, expected, set_config
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,6 @@ def crops(count: int, seed: int = 0) -> np.ndarray:
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(actual - reference).max() / np.abs(reference).max())
-
-
-def assert_same_labels(labels: np.ndarray, reference: np.ndarray, name: str) -> None:
-    """Equal except where the top-2 scores tie within float32 noise (the reference set's
-    ``label_map_tie``, where any float32 implementation may pick either class)."""
-    differs = labels != reference
-    assert not (differs & ~expected(name)["label_map_tie"]).any()
 
 
 def test_scores_equal_pytorch(reference_set, tiny_models, exported):
@@ -64,9 +57,9 @@ def test_scores_equal_pytorch(reference_set, tiny_models, exported):
 def test_label_map_equals_pytorch_backend(reference_set, segmenters, exported):
     onnx_result = Segmenter.from_onnx(exported[reference_set], batch_windows=2)(PHOTO)
     torch_result = segmenters[reference_set](PHOTO)
-    assert_same_labels(onnx_result.label_map, torch_result.label_map, reference_set)
-    assert_same_labels(onnx_result.label_map, expected(reference_set)["label_map"],
-                       reference_set)
+    tie = expected(reference_set)["label_map_tie"]
+    assert not ((onnx_result.label_map != torch_result.label_map) & ~tie).any()
+    assert_official_labels(onnx_result.label_map, reference_set)
     assert abs(onnx_result.pixel_count - torch_result.pixel_count).sum() <= 2 * expected(
         reference_set)["label_map_tie"].sum()
     np.testing.assert_allclose(onnx_result.confidence, torch_result.confidence, atol=1e-5)
@@ -149,7 +142,7 @@ def test_cli_export_then_segment(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["-q", "segment", str(PHOTO), "--onnx", str(model), "--out", str(out)]) == 0
     labels = np.asarray(Image.open(out / "input_labels.png"))
-    assert_same_labels(labels, expected("tiny-modelscope")["label_map"], "tiny-modelscope")
+    assert_official_labels(labels, "tiny-modelscope")
     report = json.loads((out / "input.json").read_text())
     assert report["model"] == "tiny-modelscope" and report["behaviour"] == "modelscope"
     assert report["device"] == "onnxruntime:CPUExecutionProvider"

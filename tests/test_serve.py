@@ -21,10 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from .conftest import CHECKPOINT, PHOTO, expected, free_port, set_config
+from .conftest import (
+    CHECKPOINT,
+    PHOTO,
+    assert_official_labels,
+    free_port,
+    set_config,
+    single_thread,
+)
 
 pytest.importorskip("fastapi", reason="the serve extra is missing: pip install -e '.[test,serve]'")
 httpx = pytest.importorskip("httpx")
@@ -98,8 +104,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def reference(segmenter):
-    """What the Python API gives for the photo."""
-    return segmenter(PHOTO)
+    """What the Python API gives for the photo, on one thread like the server."""
+    with single_thread():
+        return segmenter(PHOTO)
 
 
 def png_array(response: httpx.Response) -> np.ndarray:
@@ -150,7 +157,7 @@ def test_label_png_equals_the_segmenter(server, reference):
                                     headers={"Content-Type": "image/png"}))
     assert by_form.dtype == np.uint8 and by_form.shape == (200, 260)
     assert np.array_equal(by_form, reference.label_map)
-    assert np.array_equal(by_form, expected("tiny-upstream")["label_map"])
+    assert_official_labels(by_form, "tiny-upstream")
     assert np.array_equal(by_body, by_form)
 
 
@@ -189,12 +196,8 @@ def test_color_overlay_and_embedded_overlay(server, reference):
 
 def test_tta(server, segmenter):
     body = server.post(PHOTO.read_bytes(), "?tta=true").json()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: a second thread here only contends
-    try:
+    with single_thread():
         reference = segmenter(PHOTO, tta=True)
-    finally:
-        torch.set_num_threads(threads)
     assert body["tta"] is True
     assert [(c["id"], c["pixels"]) for c in body["classes"]] == [
         (r["id"], r["pixels"]) for r in reference.summary()]

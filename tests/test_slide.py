@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vitadapter.ops import reference_path
 from vitadapter.preprocessing import View
 from vitadapter.resample import resize
 from vitadapter.slide import SlideScores, merge_views, run_windows, sliding_windows
 
-from .conftest import PHOTO, expected
+from .conftest import PHOTO, assert_official_labels, expected
 
 
 def brute_force_windows(h, w, crop, stride):
@@ -69,12 +70,10 @@ def test_scores_match_the_official_slide_average(reference_set, segmenters):
     assert np.array_equal(scores.argmax(0), exp["seg_scores_argmax"][0])
 
 
-def test_label_map_matches_the_official_one(reference_set, segmenters):
-    exp = expected(reference_set)
-    labels = segmenters[reference_set](PHOTO).label_map
-    differs = labels != exp["label_map"]
-    assert not (differs & ~exp["label_map_tie"]).any()
-    assert differs.sum() == 0  # even the near-tie pixels agree on these weights
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_label_map_matches_the_official_one(reference_set, segmenters, path):
+    with reference_path(path == "reference"):
+        assert_official_labels(segmenters[reference_set](PHOTO).label_map, reference_set)
 
 
 @pytest.fixture(scope="module")
