@@ -32,6 +32,20 @@ def test_beit_attention_with_relative_position_bias():
     assert (without_bias - reference).abs().max() > 0.1
 
 
+def test_beit_attention_in_blocks_of_query_rows(monkeypatch):
+    """The fast path gathers the bias for a few query rows at a time: 36 tokens in blocks of
+    8 rows (the last one partial) equal the whole explicit computation."""
+    from vitadapter.modeling import beit
+
+    monkeypatch.setattr(beit, "_BIAS_ROWS", 8)
+    torch.manual_seed(1)
+    attn = Attention(32, 2, (5, 7), qkv_bias=True, use_rel_pos_bias=True).eval()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_(std=1.0)
+    fast, reference = both_paths(attn, torch.randn(3, 5 * 7 + 1, 32))
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+
+
 def test_relative_position_bias_layout():
     attn = Attention(8, 2, (2, 3), qkv_bias=False, use_rel_pos_bias=True)
     with torch.no_grad():

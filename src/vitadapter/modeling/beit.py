@@ -49,6 +49,9 @@ def _cached_index(window: tuple[int, int], device: torch.device) -> torch.Tensor
 
 
 INDEX_KEY = "relative_position_index"
+# Query rows per attention call of the fast path (the bias rows gathered for them take
+# heads x rows x (N+1) floats: 100 MB for 16 heads at 896).
+_BIAS_ROWS = 512
 
 
 class PatchEmbed(nn.Module):
@@ -131,16 +134,42 @@ class Attention(nn.Module):
         else:  # a dynamically quantised (int8) Linear is only callable as a module
             qkv = self.qkv(x) if bias is None else self.qkv(x) + bias
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        rel_bias = self.relative_position_bias(x)
+        table = self.relative_position_bias_table
         if use_reference():
             attn = (q * self.scale) @ k.transpose(-2, -1)
+            rel_bias = self.relative_position_bias(x)
             if rel_bias is not None:
                 attn = attn + rel_bias.unsqueeze(0)
             x = attn.softmax(dim=-1) @ v
-        else:
-            mask = None if rel_bias is None else rel_bias.unsqueeze(0).to(q.dtype)
+        elif table is None:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        elif (torch.is_grad_enabled() and table.requires_grad) or torch.jit.is_tracing():
+            mask = self.relative_position_bias(x).unsqueeze(0).to(q.dtype)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        else:
+            x = self._attend_in_row_blocks(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+    def _attend_in_row_blocks(self, q: torch.Tensor, k: torch.Tensor,
+                              v: torch.Tensor) -> torch.Tensor:
+        """SDPA over blocks of query rows, each with its rows of the bias gathered into one
+        reused buffer: (heads, rows, N+1) instead of the whole (heads, N+1, N+1) bias (630 MB
+        at 896, whose fresh pages cost the kernel more time than the gather itself)."""
+        table = self.relative_position_bias_table.t().to(q.dtype)
+        tokens = q.shape[2]
+        index = relative_position_index(self.window, q.device)
+        rows = min(tokens, _BIAS_ROWS)
+        buffer = torch.empty(self.num_heads * rows * tokens, dtype=q.dtype, device=q.device)
+        out = torch.empty_like(q)
+        for start in range(0, tokens, rows):
+            stop = min(start + rows, tokens)
+            mask = buffer[:self.num_heads * (stop - start) * tokens]
+            torch.index_select(table, 1, index[start:stop].reshape(-1),
+                               out=mask.view(self.num_heads, -1))
+            out[:, :, start:stop] = F.scaled_dot_product_attention(
+                q[:, :, start:stop], k, v, scale=self.scale,
+                attn_mask=mask.view(1, self.num_heads, stop - start, tokens))
+        return out
 
 
 class Mlp(nn.Module):
