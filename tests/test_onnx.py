@@ -186,6 +186,15 @@ def test_per_tensor_weight_files_are_merged(limit, exported, tmp_path, monkeypat
     onnx.save_model(source, str(traced_dir / "traced.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=False, size_threshold=0)
     assert len(list(traced_dir.iterdir())) > 100
+    # PyTorch's exporter names each tensor's file without a "length" entry.
+    traced = onnx.load(str(traced_dir / "traced.onnx"), load_external_data=False)
+    for tensor in traced.graph.initializer:
+        entries = [(e.key, e.value) for e in tensor.external_data if e.key != "length"]
+        del tensor.external_data[:]
+        for key, value in entries:
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    onnx.save_model(traced, str(traced_dir / "traced.onnx"))
     out = tmp_path / "out"
     out.mkdir()
     assert package(traced_dir / "traced.onnx", out / "m.onnx", metadata,

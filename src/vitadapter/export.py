@@ -101,7 +101,7 @@ def package(traced: str | Path, staged: str | Path, metadata: dict[str, str],
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     tensors = proto.graph.initializer
-    external = sum(_stored_bytes(t) for t in tensors) > EXTERNAL_DATA_BYTES
+    external = sum(_stored_bytes(t, traced.parent) for t in tensors) > EXTERNAL_DATA_BYTES
     with open(staged.with_name(data_name), "wb") if external else nullcontext() as sink:
         for tensor in tensors:
             if tensor.data_type == onnx.TensorProto.STRING:
@@ -125,9 +125,15 @@ def package(traced: str | Path, staged: str | Path, metadata: dict[str, str],
     return external
 
 
-def _stored_bytes(tensor: Any) -> int:
+def _stored_bytes(tensor: Any, folder: Path) -> int:
+    """A tensor's size in bytes, inline or in its external file (PyTorch's exporter writes one
+    file per tensor without a "length" entry)."""
     info = {e.key: e.value for e in tensor.external_data}
-    return int(info.get("length", 0)) if "location" in info else len(tensor.raw_data)
+    if "location" not in info:
+        return len(tensor.raw_data)
+    if "length" in info:
+        return int(info["length"])
+    return (folder / info["location"]).stat().st_size - int(info.get("offset", 0))
 
 
 def _tensor_bytes(tensor: Any, folder: Path) -> bytes:
