@@ -99,3 +99,16 @@ def test_head_unblocks_a_query_whose_mask_is_empty(tiny_models):
     assert not blocked[0, 0, empty].any()  # an empty mask attends everywhere
     assert torch.equal(blocked[0, 0, ~empty], below[~empty])
     assert blocked[0, 0, ~empty].any()
+
+
+def test_long_ffn_inputs_run_in_blocks_of_rows():
+    from vitadapter.modeling.layers import FFN
+
+    torch.manual_seed(0)
+    ffn = FFN(16, 64).eval()
+    x = torch.randn(2, 5000, 16)  # three blocks of 2048 rows, the last one partial
+    with torch.inference_mode():
+        blocked = ffn(x)
+        whole = x + ffn.layers(x)
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
+    assert blocked.shape == x.shape

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Rows per block of a long FFN input (see FFN.forward).
+_FFN_ROWS = 2048
+
 
 def embedding(num: int, dim: int) -> nn.Embedding:
     """``nn.Embedding`` with N(0, 1) init, skipped on the meta device (``normal_`` there pulls
@@ -27,7 +30,12 @@ class FFN(nn.Module):
                                     nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layers(x)
+        if x.shape[-2] <= _FFN_ROWS or torch.is_grad_enabled():
+            return x + self.layers(x)
+        # Long sequences (the pixel decoder's 16464 tokens at 896) in blocks of rows: the
+        # hidden activations of one block (32 MB) instead of all of them (270 MB).
+        return torch.cat([part + self.layers(part) for part in x.split(_FFN_ROWS, dim=-2)],
+                         dim=-2)
 
 
 class ConvGN(nn.Module):
@@ -43,4 +51,4 @@ class ConvGN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.gn(self.conv(x))
-        return torch.relu(x) if self.relu else x
+        return torch.relu_(x) if self.relu else x  # in place: GroupNorm's output is our own

@@ -116,8 +116,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 for m, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes,
                                      strict=True)]
         for i in range(num_inputs - self.num_levels - 1, -1, -1):
-            lateral = self.lateral_convs[i](feats[i])
-            up = F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear",
-                               align_corners=False)
-            outs.append(self.output_convs[i](lateral + up))
+            lateral = self.lateral_convs[i](feats[i])  # a fresh map: add in place
+            lateral.add_(F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear",
+                                       align_corners=False))
+            outs.append(self.output_convs[i](lateral))
         return self.mask_feature(outs[-1]), outs[:self.num_levels]
