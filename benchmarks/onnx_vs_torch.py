@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SEED_PRESET = "cocostuff164k-beit-adapter-l-m2f-896"
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from bench_common import PRESET, peak_rss_gib
 
 
 def timed(run: Callable[[Any], Any], crop: Any, warmup: int,
@@ -90,10 +85,10 @@ def torch_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def onnx_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import numpy as np
 
+    from vitadapter.cli.common import onnx_providers
     from vitadapter.onnx_runner import OnnxRunner
 
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                 if args.device.startswith("cuda") else ["CPUExecutionProvider"])
+    providers = onnx_providers(args.device)
     start = time.perf_counter()
     runner = OnnxRunner(work / "model.onnx", providers=providers, threads=args.threads)
     load_s = time.perf_counter() - start
@@ -120,7 +115,7 @@ def run_phase(phase: str, args: argparse.Namespace, work: Path) -> dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default=SEED_PRESET)
+    parser.add_argument("--preset", default=PRESET)
     parser.add_argument("--config", default=None, help="a config.json instead of a preset")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1)

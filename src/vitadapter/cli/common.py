@@ -12,14 +12,19 @@ if TYPE_CHECKING:
     from ..predictor import Segmenter
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    choice = group.add_mutually_exclusive_group()
+def add_model_choice(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--model PRESET`` or ``--config CONFIG`` (mutually exclusive)."""
+    choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--model", default=None, metavar="PRESET",
                         help=f"named preset (default {SEED_PRESET}); one of: "
                              + ", ".join(PRESETS))
     choice.add_argument("--config", default=None,
                         help="config.json (our layout or the official mmcv layout)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    add_model_choice(group)
     group.add_argument("--checkpoint", default=None,
                        help="weights (.zip/.pth/.pth.tar/.pt/.safetensors); default: the "
                             "preset's release weights, cached in $VITADAPTER_HOME or "

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..errors import ExportError
-from ..presets import PRESETS, SEED_PRESET
+from ..presets import SEED_PRESET
+from .common import add_model_choice
 
 VERIFY_TOLERANCE = 1e-3
 
@@ -20,12 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Export the crop-level network (normalised crops -> class scores) to an "
                     "ONNX file that carries its config, classes, palette and preprocessing; "
                     "run it with `vitadapter segment --onnx FILE` or Segmenter.from_onnx.")
-    choice = p.add_mutually_exclusive_group()
-    choice.add_argument("--model", default=None, metavar="PRESET",
-                        help=f"named preset (default {SEED_PRESET}); one of: "
-                             + ", ".join(PRESETS))
-    choice.add_argument("--config", default=None,
-                        help="config.json (our layout or the official mmcv layout)")
+    add_model_choice(p)
     p.add_argument("--checkpoint", default=None,
                    help="weights to export (.zip/.pth/.pth.tar/.pt/.safetensors)")
     p.add_argument("--allow-random", action="store_true",

@@ -87,20 +87,21 @@ class Attention(nn.Module):
             self.relative_position_bias_table = None
         self.proj = nn.Linear(dim, dim)
 
-    def relative_position_bias(self, tokens: torch.Tensor | None = None) -> torch.Tensor | None:
+    def relative_position_bias(self, x: torch.Tensor | None = None) -> torch.Tensor | None:
         """The bias of every head, ``(heads, N+1, N+1)``, gathered contiguously from the
-        transposed table (no permuted copy of the N^2 x heads gather)."""
+        transposed table (no permuted copy of the N^2 x heads gather). ``x``: the block's
+        input, which ties the gather to it while tracing."""
         table = self.relative_position_bias_table
         if table is None:
             return None
         index = relative_position_index(self.window, table.device)
-        if tokens is not None and torch.jit.is_tracing():
+        if x is not None and torch.jit.is_tracing():
             # ONNX export: tie the index to the input (+0) so that the gather stays a run-time
             # op; with a constant index the exporter and onnxruntime fold each block's bias
             # into a (heads, N+1, N+1) constant, 15 GB for the 24 blocks of a 896 model.
             from torch.onnx.operators import shape_as_tensor
 
-            index = index + shape_as_tensor(tokens)[0] * 0
+            index = index + shape_as_tensor(x)[0] * 0
         tokens = index.shape[0]
         return table.t().index_select(1, index.view(-1)).view(-1, tokens, tokens)
 
