@@ -280,3 +280,10 @@ def test_missing_packages_are_named(tiny_models, exported, tmp_path, monkeypatch
 def test_verify_tells_models_apart(tiny_models, exported):
     assert verify_export(tiny_models["tiny-upstream"], exported["tiny-upstream"]) < 1e-5
     assert verify_export(tiny_models["tiny-upstream"], exported["tiny-modelscope"]) > 1e-2
+
+
+def test_segment_onnx_refuses_a_precision(exported, tmp_path, capsys):
+    """The exported file is fp32: asking for another precision is an error, not ignored."""
+    assert main(["segment", str(PHOTO), "--onnx", str(exported["tiny-upstream"]),
+                 "--precision", "int8", "--out", str(tmp_path)]) == 2
+    assert "--onnx takes the model from the file; drop --precision" in capsys.readouterr().err

@@ -68,7 +68,8 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
         clashes = [flag for flag, value in (("--model", args.model), ("--config", args.config),
                                             ("--checkpoint", args.checkpoint),
                                             ("--behaviour", args.behaviour),
-                                            ("--trust-checkpoint", args.trust_checkpoint))
+                                            ("--trust-checkpoint", args.trust_checkpoint),
+                                            ("--precision", args.precision != "fp32"))
                    if value]
         if clashes:
             raise VitAdapterError(f"--onnx takes the model from the file; drop "
