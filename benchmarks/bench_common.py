@@ -43,7 +43,7 @@ def write_random_checkpoint(path: Path, preset: str = PRESET) -> None:
     file of ``{"state_dict": ...}`` as the official releases hold."""
     import torch
 
-    from vitadapter.checkpoint import Checkpoint, write_safetensors
+    from vitadapter.weights.checkpoint import Checkpoint, write_safetensors
 
     state = random_state_dict(preset)
     if path.suffix == ".safetensors":

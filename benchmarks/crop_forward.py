@@ -60,8 +60,8 @@ def count_flops(preset: str) -> float:
 def measure(preset: str, mode: str, device: str, repeat: int) -> dict:
     """One mode, in this process."""
     from vitadapter import build_model
+    from vitadapter.backends.precision import autocast, check_precision, prepare_model
     from vitadapter.ops import reference_path
-    from vitadapter.precision import autocast, check_precision, prepare_model
 
     torch.manual_seed(0)
     start = time.perf_counter()

@@ -21,10 +21,10 @@ from bench_common import PRESET, peak_rss_gib, run_case, write_random_checkpoint
 
 def measure(checkpoint: str, device: str) -> dict:
     """One load, in this process."""
-    from vitadapter.torch_runner import load_segmentor
+    from vitadapter.backends.torch import load_model
 
     start = time.perf_counter()
-    load_segmentor(PRESET, checkpoint, device=device)
+    load_model(PRESET, checkpoint, device=device)
     return {"format": Path(checkpoint).suffix.lstrip("."),
             "load_s": time.perf_counter() - start, "peak_rss_gib": peak_rss_gib()}
 

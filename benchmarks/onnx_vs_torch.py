@@ -51,7 +51,7 @@ def torch_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from vitadapter import build_model
-    from vitadapter.export import export_onnx
+    from vitadapter.backends.onnx_export import export_onnx
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -85,14 +85,14 @@ def torch_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def onnx_phase(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import numpy as np
 
+    from vitadapter.backends.onnx import OnnxRunner
     from vitadapter.cli.common import onnx_providers
-    from vitadapter.onnx_runner import OnnxRunner
 
     providers = onnx_providers(args.device)
     start = time.perf_counter()
-    runner = OnnxRunner(work / "model.onnx", providers=providers, threads=args.threads)
+    runner = OnnxRunner.load(work / "model.onnx", providers=providers, threads=args.threads)
     load_s = time.perf_counter() - start
-    crop = crop_array(runner.metadata.config.backbone.img_size)
+    crop = crop_array(runner.info.config.backbone.img_size)
     times, scores = timed(runner, crop, args.warmup, args.repeat)
     reference = np.load(work / "torch_scores.npy")
     error = float(np.abs(scores - reference).max() / np.abs(reference).max())

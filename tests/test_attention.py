@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vitadapter.modeling.beit import Attention
-from vitadapter.modeling.transformer_decoder import MultiheadAttention
+from vitadapter.modeling.backbones.beit import Attention
+from vitadapter.modeling.heads.transformer_decoder import MultiheadAttention
 from vitadapter.ops import reference_path
 
 
@@ -35,7 +35,7 @@ def test_beit_attention_with_relative_position_bias():
 def test_beit_attention_in_blocks_of_query_rows(monkeypatch):
     """The fast path gathers the bias for a few query rows at a time: 36 tokens in blocks of
     8 rows (the last one partial) equal the whole explicit computation."""
-    from vitadapter.modeling import beit
+    from vitadapter.modeling.backbones import beit
 
     monkeypatch.setattr(beit, "_BIAS_ROWS", 8)
     torch.manual_seed(1)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from vitadapter import Segmenter
 from vitadapter.cli import main
+from vitadapter.data.datasets import COCO_STUFF_RAW_IDS
 from vitadapter.errors import DatasetError
 from vitadapter.evaluation import (
     Areas,
@@ -29,7 +30,6 @@ from vitadapter.evaluation import (
     percent,
     run_evaluation,
 )
-from vitadapter.evaluation.datasets import COCO_STUFF_RAW_IDS
 
 from .conftest import CHECKPOINT, PHOTO, set_config
 

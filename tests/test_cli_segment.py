@@ -128,7 +128,7 @@ def test_sixteen_bit_labels_for_many_classes(tmp_path, segmenter):
     from argparse import Namespace
 
     from vitadapter.cli.segment import Job, write_outputs
-    from vitadapter.result import SegmentationResult
+    from vitadapter.pipeline.result import SegmentationResult
 
     labels = np.array([[0, 300], [299, 1]], np.int64)
     names = tuple(f"c{i}" for i in range(301))

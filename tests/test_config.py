@@ -7,8 +7,8 @@ import pytest
 
 from vitadapter import ConfigError, ModelConfig, build_model, get_preset, resolve_config
 from vitadapter.config import BackboneConfig, config_from_dict
-from vitadapter.official_config import config_from_official
-from vitadapter.presets import SEED_PRESET
+from vitadapter.config.mmcv import config_from_official
+from vitadapter.config.presets import SEED_PRESET
 
 from .conftest import set_config
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vitadapter import Segmenter, build_model, load_checkpoint
+from vitadapter.backends.precision import autocast
 from vitadapter.ops import reference_path
-from vitadapter.precision import autocast
 
 from .conftest import CHECKPOINT, PHOTO, expected, set_config
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitadapter.classes import COCO_STUFF_CLASSES
+from vitadapter.data.datasets import COCO_STUFF_RAW_IDS
 from vitadapter.errors import DatasetError
 from vitadapter.evaluation import LAYOUTS, decode_label, open_dataset
-from vitadapter.evaluation.datasets import COCO_STUFF_RAW_IDS
+from vitadapter.pipeline.classes import COCO_STUFF_CLASSES
 
 # Entries of mmseg's tools/convert_datasets/coco_stuff164k.py ``clsID_to_trID`` (raw id ->
 # train id) around every gap in the raw numbering, and its ends.

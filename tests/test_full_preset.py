@@ -1,5 +1,5 @@
-"""The full seed preset: exact key manifest of the official model, strict loading of a
-synthetic checkpoint with those keys (built on the meta device: no 2 GB of weights needed)."""
+"""The full seed preset: strict loading of a synthetic checkpoint with the official keys
+(built on the meta device: no 2 GB of weights needed)."""
 
 from __future__ import annotations
 
@@ -10,25 +10,13 @@ import pytest
 import torch
 
 from vitadapter import build_model, load_checkpoint
-from vitadapter.presets import SEED_PRESET
+from vitadapter.config.presets import SEED_PRESET
 
 from .conftest import REFERENCE
 
-MANIFEST = json.loads((REFERENCE / "manifest-beit-adapter-l-m2f-cocostuff164k-896.json")
-                      .read_text())
+MANIFEST = json.loads(
+    (REFERENCE / "manifests" / "manifest-beit-adapter-l-m2f-cocostuff164k-896.json").read_text())
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
-
-
-def test_state_dict_matches_the_official_manifest():
-    model = build_model(SEED_PRESET, device="meta")
-    ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in model.state_dict().items()}
-    theirs = {e["key"]: (tuple(e["shape"]), e["dtype"]) for e in MANIFEST["keys"]}
-    assert list(ours) == list(theirs) or set(ours) == set(theirs)
-    assert ours == theirs
-    assert len(ours) == MANIFEST["num_keys"] == 942
-    params = sum(p.numel() for p in model.parameters())
-    assert params == MANIFEST["num_parameters"] == 570_765_932
 
 
 @pytest.fixture(scope="module")

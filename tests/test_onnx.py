@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from vitadapter import Segmenter, build_model
+from vitadapter.backends.onnx import OnnxRunner
+from vitadapter.backends.onnx_export import export_onnx, external_data_path, package, verify_export
+from vitadapter.backends.onnx_metadata import FORMAT, METADATA_KEYS
 from vitadapter.cli import main
 from vitadapter.errors import ExportError, MissingDependencyError, OnnxModelError
-from vitadapter.export import export_onnx, external_data_path, package, verify_export
-from vitadapter.onnx_runner import FORMAT, METADATA_KEYS, OnnxRunner
 from vitadapter.ops import reference_path
 
 from .conftest import CHECKPOINT, PHOTO, assert_official_labels, expected, set_config
@@ -42,7 +43,7 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
 
 def test_scores_equal_pytorch(reference_set, tiny_models, exported):
     batch = crops(2)  # exported with batch 1: the batch axis is dynamic
-    scores = OnnxRunner(exported[reference_set])(batch)
+    scores = OnnxRunner.load(exported[reference_set])(batch)
     with torch.inference_mode():
         default = tiny_models[reference_set](torch.from_numpy(batch)).numpy()
         with reference_path():
@@ -50,7 +51,7 @@ def test_scores_equal_pytorch(reference_set, tiny_models, exported):
     assert scores.shape == (2, 171, 32, 32) and scores.dtype == np.float32
     assert relative_error(scores, reference) < 1e-4
     assert relative_error(scores, default) < 1e-4
-    single = OnnxRunner(exported[reference_set])(batch[1:])
+    single = OnnxRunner.load(exported[reference_set])(batch[1:])
     assert relative_error(single, reference[1:]) < 1e-4
 
 
@@ -152,13 +153,13 @@ def test_cli_behaviour_switch_and_random_weights(tmp_path):
     model = tmp_path / "random.onnx"
     assert main(["-q", "export-onnx", "--config", str(set_config("tiny-upstream")),
                  "--allow-random", "--behaviour", "modelscope", "--out", str(model)]) == 0
-    runner = OnnxRunner(model)
+    runner = OnnxRunner.load(model)
     assert runner.metadata.weights == "random"
-    assert runner.metadata.config.behaviour == "modelscope"
+    assert runner.info.config.behaviour == "modelscope"
 
 
 def test_large_models_keep_weights_in_a_data_file(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr("vitadapter.export.EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr("vitadapter.backends.onnx_export.EXTERNAL_DATA_BYTES", 0)
     model = tiny_models["tiny-upstream"]
     path = export_onnx(model, tmp_path / "big.onnx")
     data = external_data_path(path)
@@ -167,7 +168,7 @@ def test_large_models_keep_weights_in_a_data_file(tiny_models, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     with torch.inference_mode():
         reference = model(torch.from_numpy(crops(1))).numpy()
-    assert relative_error(OnnxRunner(path)(crops(1)), reference) < 1e-4
+    assert relative_error(OnnxRunner.load(path)(crops(1)), reference) < 1e-4
     path.unlink()
     with pytest.raises(ExportError, match=r"big\.onnx\.data already exists"):
         export_onnx(model, path)
@@ -178,7 +179,7 @@ def test_per_tensor_weight_files_are_merged(limit, exported, tmp_path, monkeypat
     """Over 2 GB the exporter writes one file per tensor; packaging streams them into one
     ``.data`` file (or inline, for a small model) without changing a number."""
     if limit is not None:
-        monkeypatch.setattr("vitadapter.export.EXTERNAL_DATA_BYTES", limit)
+        monkeypatch.setattr("vitadapter.backends.onnx_export.EXTERNAL_DATA_BYTES", limit)
     source = onnx.load(str(exported["tiny-upstream"]))
     metadata = {p.key: p.value for p in source.metadata_props}
     traced_dir = tmp_path / "traced"
@@ -203,8 +204,8 @@ def test_per_tensor_weight_files_are_merged(limit, exported, tmp_path, monkeypat
         ["m.onnx", "m.onnx.data"] if limit == 0 else ["m.onnx"])
     onnx.checker.check_model(str(out / "m.onnx"))
     batch = crops(1)
-    assert np.array_equal(OnnxRunner(out / "m.onnx")(batch),
-                          OnnxRunner(exported["tiny-upstream"])(batch))
+    assert np.array_equal(OnnxRunner.load(out / "m.onnx")(batch),
+                          OnnxRunner.load(exported["tiny-upstream"])(batch))
 
 
 def test_cli_refuses_to_overwrite(tmp_path, capsys):
@@ -216,7 +217,7 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert target.read_text() == "keep me"
     assert main([*args, "--force"]) == 0
-    assert OnnxRunner(target).metadata.config.name == "tiny-upstream"
+    assert OnnxRunner.load(target).info.config.name == "tiny-upstream"
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -225,7 +226,6 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
                                                          "opset 16"),
     (["--checkpoint", str(CHECKPOINT), "--opset", "99"], "opset 99 is newer than this "
                                                          "PyTorch's ONNX exporter writes"),
-    (["--checkpoint", str(CHECKPOINT), "--dtype", "fp16"], "fp16 export is not supported yet"),
     (["--checkpoint", str(CHECKPOINT), "--crop", "96"],
      "trained for 128px crops, the model is built for 96px"),
 ])

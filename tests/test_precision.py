@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from vitadapter import Segmenter
+from vitadapter.backends.precision import check_precision
 from vitadapter.cli import main
 from vitadapter.errors import ConfigError
-from vitadapter.precision import check_precision
 
 from .conftest import CHECKPOINT, PHOTO, set_config
 

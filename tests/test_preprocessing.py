@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from vitadapter import ImageError, resolve_config
-from vitadapter.preprocessing import augmented_views, load_image, preprocess, rescale_size
+from vitadapter.pipeline.images import load_image
+from vitadapter.pipeline.preprocess import augmented_views, preprocess, rescale_size
 
 from .conftest import PHOTO, expected, set_config
 

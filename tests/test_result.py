@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitadapter.classes import COCO_PANOPTIC_PALETTE, COCO_STUFF_CLASSES, DATASETS
-from vitadapter.result import SegmentationResult
-from vitadapter.visualize import colorize, overlay, semantic_seg_masks_to_image
+from vitadapter.pipeline.classes import COCO_PANOPTIC_PALETTE, COCO_STUFF_CLASSES, DATASETS
+from vitadapter.pipeline.result import SegmentationResult
+from vitadapter.pipeline.visualize import colorize, overlay, semantic_seg_masks_to_image
 
 from .conftest import PHOTO
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vitadapter.config import ModelConfig
 from vitadapter.errors import CheckpointError
-from vitadapter.result import SegmentationResult
+from vitadapter.pipeline.result import SegmentationResult
 
 from .conftest import CHECKPOINT, free_port, set_config
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from vitadapter.ops import reference_path
-from vitadapter.preprocessing import View
-from vitadapter.resample import resize
-from vitadapter.slide import SlideScores, merge_views, run_windows, sliding_windows
+from vitadapter.pipeline.merge import merge_views
+from vitadapter.pipeline.preprocess import View
+from vitadapter.pipeline.resample import linear_taps, resize_rows, resize_width
+from vitadapter.pipeline.windows import SlideScores, run_windows, sliding_windows
 
 from .conftest import PHOTO, assert_official_labels, expected
 
@@ -52,7 +53,7 @@ def test_window_grid_matches_the_official_loop_everywhere():
                                           ((128, 192), (200, 260)), ((96, 128), (48, 61))])
 def test_resize_matches_torch(src, dst):
     x = np.random.default_rng(0).standard_normal((5, *src)).astype(np.float32)
-    ours = resize(x, *dst)
+    ours = resize_rows(resize_width(x, dst[1]), linear_taps(x.shape[1], dst[0]))
     theirs = F.interpolate(torch.from_numpy(x)[None], size=dst, mode="bilinear",
                            align_corners=False)[0].numpy()
     assert np.abs(ours - theirs).max() <= 5e-7
@@ -78,7 +79,8 @@ def test_label_map_matches_the_official_one(reference_set, segmenters, path):
 
 @pytest.fixture(scope="module")
 def photo_slides(segmenter):
-    from vitadapter.preprocessing import augmented_views, load_image
+    from vitadapter.pipeline.images import load_image
+    from vitadapter.pipeline.preprocess import augmented_views
 
     cfg = segmenter.config.inference
     views = augmented_views(load_image(PHOTO), cfg, tta=True)

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from vitadapter import CheckpointError, Segmenter, resolve_config
-from vitadapter.weights import cached_weights_path, fetch_weights
+from vitadapter.weights.download import cached_weights_path, fetch_weights
 
 from .conftest import CHECKPOINT, PHOTO, assert_official_labels, set_config
 

@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_model": "build",
-    "resolve_config": "build",
-    "load_checkpoint": "checkpoint",
-    "read_checkpoint": "checkpoint",
-    "convert_to_safetensors": "checkpoint",
-    "ModelConfig": "config",
+    "build_model": "modeling.build",
+    "resolve_config": "modeling.build",
+    "load_checkpoint": "weights.checkpoint",
+    "read_checkpoint": "weights.checkpoint",
+    "convert_to_safetensors": "weights.checkpoint",
+    "ModelConfig": "config.schema",
     "VitAdapterError": "errors",
     "ConfigError": "errors",
     "CheckpointError": "errors",
     "ImageError": "errors",
-    "PRESETS": "presets",
-    "get_preset": "presets",
-    "Segmenter": "predictor",
-    "SegmentationResult": "result",
-    "export_onnx": "export",
+    "PRESETS": "config.presets",
+    "get_preset": "config.presets",
+    "Segmenter": "segmenter",
+    "SegmentationResult": "pipeline.result",
+    "export_onnx": "backends.onnx_export",
 }
 
 __all__ = [
@@ -48,14 +48,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .build import build_model, resolve_config
-    from .checkpoint import convert_to_safetensors, load_checkpoint, read_checkpoint
-    from .config import ModelConfig
+    from .backends.onnx_export import export_onnx
+    from .config.presets import PRESETS, get_preset
+    from .config.schema import ModelConfig
     from .errors import CheckpointError, ConfigError, ImageError, VitAdapterError
-    from .export import export_onnx
-    from .predictor import Segmenter
-    from .presets import PRESETS, get_preset
-    from .result import SegmentationResult
+    from .modeling.build import build_model, resolve_config
+    from .pipeline.result import SegmentationResult
+    from .segmenter import Segmenter
+    from .weights.checkpoint import convert_to_safetensors, load_checkpoint, read_checkpoint
 
 
 def __getattr__(name: str) -> Any:

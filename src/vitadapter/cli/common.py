@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from ..config.presets import PRESETS, SEED_PRESET
+from ..config.schema import BEHAVIOURS, PRECISIONS
 from ..errors import VitAdapterError
-from ..presets import PRESETS, SEED_PRESET
 
 if TYPE_CHECKING:
-    from ..predictor import Segmenter
+    from ..segmenter import Segmenter
 
 
 def add_model_choice(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -31,14 +32,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "downloaded once")
     group.add_argument("--device", default=None,
                        help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    group.add_argument("--behaviour", choices=("official", "modelscope"), default=None,
+    group.add_argument("--behaviour", choices=BEHAVIOURS, default=None,
                        help="adapter behaviour (default official; 'modelscope' reproduces "
                             "ModelScope's outputs)")
     group.add_argument("--tta", action="store_true",
                        help="official multi-scale + flip test-time augmentation")
     group.add_argument("--batch-windows", type=int, default=1, metavar="N",
                        help="slide windows per forward pass (default 1)")
-    group.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (default: the official numbers), bf16 (CPU/CUDA autocast), "
                             "fp16 (CUDA autocast) or int8 (quantised Linear layers, CPU)")
     group.add_argument("--trust-checkpoint", action="store_true",
@@ -62,7 +63,7 @@ def onnx_providers(device: str | None) -> list[str]:
 
 
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
-    from ..predictor import Segmenter
+    from ..segmenter import Segmenter
 
     if getattr(args, "onnx", None):
         clashes = [flag for flag, value in (("--model", args.model), ("--config", args.config),

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import convert_to_safetensors  # imports torch: not at CLI start-up
+    from ..weights.checkpoint import convert_to_safetensors  # imports torch: not at CLI start-up
 
     start = time.perf_counter()
     out = convert_to_safetensors(args.src, args.dst, trust_checkpoint=args.trust_checkpoint,

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..config.presets import PRESETS
+from ..data.datasets import IGNORE_INDEX
 from ..errors import EvaluationError
 from ..evaluation import LAYOUTS, EvalDataset, open_dataset, run_evaluation
-from ..evaluation.datasets import IGNORE_INDEX
 from ..evaluation.report import format_tables, write_reports
-from ..presets import PRESETS
 from .common import add_model_arguments, segmenter_from_args
 
 

@@ -7,9 +7,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..backends.onnx_metadata import DEFAULT_OPSET, MIN_OPSET
+from ..config.presets import SEED_PRESET
+from ..config.schema import BEHAVIOURS, ModelConfig
 from ..errors import ExportError
-from ..presets import SEED_PRESET
 from .common import add_model_choice
 
 VERIFY_TOLERANCE = 1e-3
@@ -29,10 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     p.add_argument("--crop", type=int, default=None, metavar="S",
                    help="crop size of the exported network (default: the config's)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 16 (default 17)")
-    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
-                   help="weight precision (default fp32; fp16 is not supported yet)")
-    p.add_argument("--behaviour", choices=("official", "modelscope"), default=None,
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})")
+    p.add_argument("--behaviour", choices=BEHAVIOURS, default=None,
                    help="adapter behaviour (default official)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow pickled objects beyond tensors (only for files you trust)")
@@ -44,9 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build import build_model, resolve_config
-    from ..export import export_onnx, external_data_path, verify_export
-    from ..torch_runner import load_segmentor
+    from ..backends.onnx_export import export_onnx, external_data_path, verify_export
+    from ..backends.torch import load_model
+    from ..modeling.build import build_model, resolve_config
 
     if args.checkpoint is None and not args.allow_random:
         raise ExportError("give the weights to export with --checkpoint (or --allow-random "
@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = with_crop(cfg, args.crop)
     start = time.perf_counter()
     if args.checkpoint is not None:
-        model = load_segmentor(cfg, args.checkpoint, device="cpu",
+        model = load_model(cfg, args.checkpoint, device="cpu",
                                trust_checkpoint=args.trust_checkpoint)
         weights = Path(args.checkpoint).name
     else:
         model = build_model(cfg)
         weights = "random"
-    out = export_onnx(model, args.out, opset=args.opset, dtype=args.dtype, force=args.force,
+    out = export_onnx(model, args.out, opset=args.opset, force=args.force,
                       weights=weights)
     size = sum(p.stat().st_size for p in (out, external_data_path(out)) if p.is_file()) / 2**20
     print(f"wrote {out} ({size:.1f} MiB) in {time.perf_counter() - start:.1f}s")
@@ -80,7 +80,7 @@ def with_crop(cfg: ModelConfig, crop: int) -> ModelConfig:
     """The config for another crop size (the checkpoint's relative position tables must fit
     it); the slide stride is capped at the crop."""
     inference = cfg.inference
-    stride = tuple(min(s, crop) for s in inference.stride)
+    stride = (min(inference.stride[0], crop), min(inference.stride[1], crop))
     return cfg.replace(
         backbone=dataclasses.replace(cfg.backbone, img_size=crop),
         inference=dataclasses.replace(inference, crop_size=(crop, crop), stride=stride))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..presets import PRESETS
+from ..config.presets import PRESETS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ImageError, VitAdapterError
-from ..predictor import Segmenter
+from ..pipeline.result import SegmentationResult
 from ..progress import Progress
-from ..result import SegmentationResult
+from ..segmenter import Segmenter
 from .common import add_model_arguments, add_onnx_argument, segmenter_from_args
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                     if clash:
                         raise VitAdapterError(f"would overwrite the input {clash[0]}; choose "
                                               "another --out")
-                    result = segmenter(job.source)
+                    result = segmenter.segment(job.source)
                     write_outputs(result, job, out, args, segmenter)
                     done += 1
                 except (ImageError, VitAdapterError, OSError) as exc:

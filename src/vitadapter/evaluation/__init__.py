@@ -5,9 +5,9 @@ resumable state, ``runner`` runs the loop, ``report`` writes tables and files. N
 imports torch; ``distributed`` (torch.distributed) is imported only under ``torchrun``.
 """
 
-from .datasets import LAYOUTS, EvalDataset, Layout, Sample, decode_label, open_dataset
+from ..data.datasets import LAYOUTS, EvalDataset, Layout, Sample, decode_label, open_dataset
+from .loop import EvalResult, Shard, run_evaluation
 from .metrics import Areas, Metrics, compute_metrics, intersect_and_union, percent
-from .runner import EvalResult, Shard, run_evaluation
 
 __all__ = [
     "LAYOUTS",

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import EvaluationError
-from .runner import Shard
+from .loop import Shard
 
 
 class TorchShard(Shard):

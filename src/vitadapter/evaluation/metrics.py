@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import IGNORE_INDEX
+from ..data.datasets import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

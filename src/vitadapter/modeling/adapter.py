@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BackboneConfig, Behaviour
-from .beit import Block, PatchEmbed
+from ..config.schema import BackboneConfig, Behaviour
+from .backbones.beit import Block, PatchEmbed
 from .deform_attn import MSDeformAttn
 
 Shapes = tuple[tuple[int, int], ...]
@@ -138,6 +138,7 @@ class Extractor(AdapterAttention):
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour) -> None:
         super().__init__(cfg, behaviour, num_levels=1)
+        self.ffn: ConvFFN | None
         if cfg.with_cffn:
             self.ffn = ConvFFN(cfg.embed_dim, int(cfg.embed_dim * cfg.cffn_ratio))
             self.ffn_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config.schema import ModelConfig
+from ..errors import CheckpointError
 from .adapter import BEiTAdapter
-from .mask2former_head import HeadOutput, Mask2FormerHead, semantic_scores
+from .backbones.beit import INDEX_KEY, relative_position_index
+from .heads.mask2former import HeadOutput, Mask2FormerHead, semantic_scores
+
+logger = logging.getLogger(__name__)
+
+# Keys of old releases that no model uses.
+_UNUSED_PREFIXES = ("decode_head.conv_seg.",)
 
 
 @dataclass
@@ -21,7 +31,7 @@ class SegmentorOutput:
     scores: torch.Tensor          # (B, num_classes, H/4, W/4)
 
 
-class Segmentor(nn.Module):
+class SegmentationModel(nn.Module):
     """BEiT-Adapter + Mask2Former (the official ``EncoderDecoderMask2Former``).
 
     ``forward`` maps a normalised crop (B, 3, S, S), S = ``config.backbone.img_size``, to
@@ -47,7 +57,9 @@ class Segmentor(nn.Module):
         return self.config.num_classes
 
     def forward(self, crop: torch.Tensor) -> torch.Tensor:
-        return self.inspect(crop).scores
+        self._check_input(crop)
+        head = self.decode_head(self.backbone(crop), all_predictions=False)
+        return semantic_scores(head.cls_logits[-1], head.mask_logits[-1])
 
     def inspect(self, crop: torch.Tensor) -> SegmentorOutput:
         self._check_input(crop)
@@ -66,3 +78,37 @@ class Segmentor(nn.Module):
                 f"this model takes {size}x{size} crops (its relative position tables are sized "
                 f"for them), got {crop.shape[-2]}x{crop.shape[-1]}; use the Segmenter, which "
                 "resizes, pads and slides windows for any image size")
+
+
+def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                      ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The one place of key surgery between a checkpoint and :class:`SegmentationModel`.
+
+    Strips DataParallel's ``module.``; drops the ``relative_position_index`` buffers (derived
+    from the window, so they are checked against it, never loaded) and the unused
+    ``decode_head.conv_seg.*`` of old releases (with a notice). Returns the tensors to load and
+    the unused keys that were dropped.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key.endswith("." + INDEX_KEY):
+            _check_index(key, value, source)
+        else:
+            tensors[key] = value
+    unused = sorted(k for k in tensors if k.startswith(_UNUSED_PREFIXES))
+    if unused:
+        logger.info("%s: ignoring %d unused key(s) of old releases: %s", source, len(unused),
+                    ", ".join(unused))
+        for key in unused:
+            del tensors[key]
+    return tensors, unused
+
+
+def _check_index(key: str, index: torch.Tensor, source: str) -> None:
+    if index.is_meta:
+        return
+    side = math.isqrt(max(index.shape[0] - 1, 0))
+    window = (side, side)
+    if index.dim() != 2 or not torch.equal(index.cpu(), relative_position_index(window)):
+        raise CheckpointError(f"{source}: {key} differs from the index of a {window} window")

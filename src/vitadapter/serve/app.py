@@ -29,10 +29,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..config import ModelConfig
+from ..config.schema import ModelConfig
 from ..errors import ImageError
-from ..preprocessing import decode_image
-from ..result import SegmentationResult
+from ..pipeline.images import decode_image
+from ..pipeline.result import SegmentationResult
 from .schemas import ErrorBody, HealthBody, ModelBody, SegmentBody, Timing
 from .uploads import ServiceError, check_image, discard_body, image_bytes, read_body
 from .worker import InferenceQueue
@@ -83,12 +83,16 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 class SegmenterLike(Protocol):
     """What the service needs of a :class:`vitadapter.Segmenter`."""
 
-    config: ModelConfig
-    class_names: tuple[str, ...]
-    palette: np.ndarray
-    device: str
     tta: bool
 
+    @property
+    def config(self) -> ModelConfig: ...
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+    @property
+    def palette(self) -> np.ndarray: ...
+    @property
+    def device(self) -> str: ...
     @property
     def name(self) -> str: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from PIL import Image
 from python_multipart.exceptions import MultipartParseError
@@ -89,7 +90,7 @@ class _Form:
         self._disposition: dict[bytes, bytes] = {}
         self._data = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> Any:
         def part_begin() -> None:
             self._disposition, self._data = {}, bytearray()
 

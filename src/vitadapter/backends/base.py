@@ -1,0 +1,53 @@
+"""What every backend is: a *crop runner* that turns normalised crops into class scores, and
+the :class:`ModelInfo` the pipeline around it needs (config, class names, palette).
+
+numpy only: the ONNX backend and the pipeline import this without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..config.schema import ModelConfig
+from ..errors import ConfigError
+from ..pipeline.classes import dataset_info
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A loaded model's configuration (architecture, crop, preprocessing) with the class names
+    and palette its outputs mean."""
+
+    config: ModelConfig
+    classes: tuple[str, ...]
+    palette: np.ndarray  # (num_classes, 3) uint8
+
+    @classmethod
+    def of(cls, config: ModelConfig, classes: Sequence[str] | None = None,
+           palette: Sequence[Sequence[int]] | np.ndarray | None = None) -> ModelInfo:
+        """The model's info, with the dataset's names and palette where the checkpoint gives
+        none; :class:`ConfigError` when a given list does not fit the number of classes."""
+        info = dataset_info(config.dataset, config.num_classes)
+        if classes is not None and len(classes) != config.num_classes:
+            raise ConfigError(f"the checkpoint names {len(classes)} classes, the model "
+                              f"predicts {config.num_classes}")
+        colours = (np.asarray(palette, np.uint8).reshape(-1, 3) if palette is not None
+                   else info.palette_array())
+        if len(colours) != config.num_classes:
+            raise ConfigError(f"the palette has {len(colours)} colours for "
+                              f"{config.num_classes} classes")
+        return cls(config, tuple(classes) if classes else info.classes, colours)
+
+
+class CropRunner(Protocol):
+    """A backend: runs a batch of normalised crops (N, 3, S, S) float32 to class scores
+    (N, C, S/4, S/4) float32 on ``device``."""
+
+    device: str
+    info: ModelInfo
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray: ...

@@ -1,0 +1,56 @@
+"""The PyTorch backend: a :class:`SegmentationModel` as a crop runner, at a chosen precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config.schema import Behaviour, Precision
+from ..modeling.build import ConfigLike, build_model
+from ..modeling.segmentor import SegmentationModel
+from ..weights.checkpoint import load_checkpoint
+from .base import ModelInfo
+from .precision import autocast, check_precision, prepare_model
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(cfg: ConfigLike, checkpoint: str | Path, *, device: str = "cpu",
+               behaviour: Behaviour | None = None,
+               trust_checkpoint: bool = False) -> SegmentationModel:
+    """Build on the meta device, fill from ``checkpoint`` and move to ``device``."""
+    model = build_model(cfg, behaviour=behaviour, device="meta")
+    load_checkpoint(model, checkpoint, trust_checkpoint=trust_checkpoint)
+    return model.to(device)
+
+
+class TorchRunner:
+    """Runs batches of normalised crops through a loaded :class:`SegmentationModel` at
+    ``precision`` (``owns_model``: int8 may quantise the model in place instead of a copy)."""
+
+    def __init__(self, model: SegmentationModel, precision: Precision = "fp32",
+                 owns_model: bool = False) -> None:
+        self._device = next(model.parameters()).device
+        self.device = str(self._device)
+        self.precision = check_precision(precision, self._device)
+        self.info = ModelInfo.of(model.config, model.classes, model.palette)
+        self.model = prepare_model(model.eval(), self.precision, inplace=owns_model)
+
+    @classmethod
+    def load(cls, cfg: ConfigLike, checkpoint: str | Path, *, device: str | None = None,
+             behaviour: Behaviour | None = None, precision: Precision = "fp32",
+             trust_checkpoint: bool = False) -> TorchRunner:
+        """Build the model of ``cfg``, load ``checkpoint`` into it and wrap it."""
+        model = load_model(cfg, checkpoint, device=device or default_device(),
+                           behaviour=behaviour, trust_checkpoint=trust_checkpoint)
+        return cls(model, precision, owns_model=True)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._device)
+        with torch.inference_mode(), autocast(self.precision, self._device):
+            scores = self.model(batch)
+        return scores.float().cpu().numpy()

@@ -1,0 +1,82 @@
+"""Reading configurations: our JSON layout (``ModelConfig.to_dict()``), official mmcv layouts
+(delegated to :mod:`.mmcv`) and config files, with every unread field reported."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .fields import FieldReader
+from .mmcv import config_from_official
+from .schema import (
+    BackboneConfig,
+    HeadConfig,
+    InferenceConfig,
+    ModelConfig,
+    PixelDecoderConfig,
+    TransformerDecoderConfig,
+)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """Build a :class:`ModelConfig` from either our own layout (``ModelConfig.to_dict()``) or
+    an official mmcv layout."""
+    if "model" in data or "config" in data or "type" in data.get("backbone", {}):
+        return config_from_official(data)
+    f = FieldReader(data, "")
+    kwargs: dict[str, Any] = {}
+    for key in ("name", "behaviour", "dataset", "weights_url", "description"):
+        if key in data:
+            kwargs[key] = f.take(key)
+    nested = {"backbone": BackboneConfig, "inference": InferenceConfig}
+    for key, cls in nested.items():
+        if key in data:
+            kwargs[key] = _dataclass_from(cls, f.sub(key))
+    if "head" in data:
+        hf = f.sub("head")
+        pixel = _dataclass_from(PixelDecoderConfig, hf.sub("pixel_decoder", required=False))
+        decoder = _dataclass_from(TransformerDecoderConfig, hf.sub("decoder", required=False))
+        kwargs["head"] = _dataclass_from(HeadConfig, hf, pixel_decoder=pixel, decoder=decoder)
+    f.done()
+    return ModelConfig(**kwargs)
+
+
+def _dataclass_from(cls: type, f: FieldReader, **extra: Any) -> Any:
+    kwargs = dict(extra)
+    for fld in dataclasses.fields(cls):
+        if fld.name in extra:
+            continue
+        value = f.take(fld.name, dataclasses.MISSING)
+        if value is dataclasses.MISSING:
+            continue
+        kwargs[fld.name] = _tupled(value)
+    f.done()
+    return cls(**kwargs)
+
+
+def _tupled(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupled(v) for v in value)
+    return value
+
+
+def load_config_file(path: str | Path) -> ModelConfig:
+    """Read a JSON config in our layout or the official layout."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg if cfg.name != "custom" else cfg.replace(name=path.stem)

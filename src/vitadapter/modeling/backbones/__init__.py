@@ -1,0 +1,1 @@
+"""Backbones: the ViT variants the adapter is built around."""

@@ -1,0 +1,197 @@
+"""BEiT ViT blocks: per-block relative position bias, layer scale, q/v bias."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...ops import use_reference
+
+
+def num_relative_distances(window: tuple[int, int]) -> int:
+    """Rows of a relative position table: all patch offsets plus cls->token, token->cls,
+    cls->cls."""
+    return (2 * window[0] - 1) * (2 * window[1] - 1) + 3
+
+
+def relative_position_index(window: tuple[int, int],
+                            device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``(N+1, N+1)`` table index of BEiT for a ``window`` of N patches plus the cls token.
+
+    Patch pairs map to ``(dy + Wh - 1) * (2Ww - 1) + (dx + Ww - 1)``; row 0 (cls -> token),
+    column 0 (token -> cls) and [0, 0] use the last three table rows. Derived data, cached once
+    per window and device and shared by every block (24 private copies cost ~1.9 GB at 896).
+    """
+    return _cached_index(tuple(window), torch.device(device or "cpu"))
+
+
+@lru_cache(maxsize=8)
+def _cached_index(window: tuple[int, int], device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return _cached_index(window, torch.device("cpu")).to(device)
+    wh, ww = window
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel[:, :, 0] += wh - 1
+    rel[:, :, 1] += ww - 1
+    rel[:, :, 0] *= 2 * ww - 1
+    total = num_relative_distances(window)
+    index = torch.zeros(wh * ww + 1, wh * ww + 1, dtype=torch.long)
+    index[1:, 1:] = rel.sum(-1)
+    index[0, :] = total - 3
+    index[:, 0] = total - 2
+    index[0, 0] = total - 1
+    return index
+
+
+INDEX_KEY = "relative_position_index"
+# Query rows per attention call of the fast path (the bias rows gathered for them take
+# heads x rows x (N+1) floats: 100 MB for 16 heads at 896).
+_BIAS_ROWS = 512
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        height, width = x.shape[-2:]
+        return x.flatten(2).transpose(1, 2), height, width
+
+
+class Attention(nn.Module):
+    """Global self-attention with q/v bias (no k bias) and a relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], qkv_bias: bool,
+                 use_rel_pos_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.window = window
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias: nn.Parameter | None
+        self.v_bias: nn.Parameter | None
+        self.relative_position_bias_table: nn.Parameter | None
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        if use_rel_pos_bias:
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(num_relative_distances(window), num_heads))
+        else:
+            self.relative_position_bias_table = None
+        self.proj = nn.Linear(dim, dim)
+
+    def relative_position_bias(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The bias of every head, ``(heads, N+1, N+1)``, gathered contiguously from the
+        transposed table (no permuted copy of the N^2 x heads gather) with ``index`` (default:
+        the window's shared :func:`relative_position_index`)."""
+        table = self.relative_position_bias_table
+        if table is None:
+            raise ValueError("this block has no relative position bias")
+        if index is None:
+            index = relative_position_index(self.window, table.device)
+        tokens = index.shape[0]
+        return table.t().index_select(1, index.view(-1)).view(-1, tokens, tokens)
+
+    # The official state dict holds the index as a buffer ``relative_position_index``; it is
+    # derived from the window, so it is produced on save (our state dict equals the official
+    # one) and checked and dropped on load by :func:`~..segmentor.checkpoint_filter`.
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str,
+                            keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.relative_position_bias_table is not None:
+            destination[prefix + INDEX_KEY] = relative_position_index(self.window)
+
+    def qkv_bias(self) -> torch.Tensor | None:
+        """The (q, 0, v) bias of the fused qkv projection (BEiT has no k bias)."""
+        if self.q_bias is None or self.v_bias is None:
+            return None
+        return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        bias = self.qkv_bias()
+        qkv = self.qkv(x) if bias is None else F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        table = self.relative_position_bias_table
+        if use_reference():
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if table is not None:
+                attn = attn + self.relative_position_bias().unsqueeze(0)
+            x = attn.softmax(dim=-1) @ v
+        elif table is None:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        elif torch.is_grad_enabled() and table.requires_grad:
+            mask = self.relative_position_bias().unsqueeze(0).to(q.dtype)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        else:
+            x = self._attend_in_row_blocks(q, k, v, table)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+    def _attend_in_row_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              table: torch.Tensor) -> torch.Tensor:
+        """SDPA over blocks of query rows, each with its rows of the bias gathered into one
+        reused buffer: (heads, rows, N+1) instead of the whole (heads, N+1, N+1) bias (630 MB
+        at 896, whose fresh pages cost the kernel more time than the gather itself)."""
+        table = table.t().to(q.dtype)
+        tokens = q.shape[2]
+        index = relative_position_index(self.window, q.device)
+        rows = min(tokens, _BIAS_ROWS)
+        buffer = torch.empty(self.num_heads * rows * tokens, dtype=q.dtype, device=q.device)
+        out = torch.empty_like(q)
+        for start in range(0, tokens, rows):
+            stop = min(start + rows, tokens)
+            mask = buffer[:self.num_heads * (stop - start) * tokens]
+            torch.index_select(table, 1, index[start:stop].reshape(-1),
+                               out=mask.view(self.num_heads, -1))
+            out[:, :, start:stop] = F.scaled_dot_product_attention(
+                q[:, :, start:stop], k, v, scale=self.scale,
+                attn_mask=mask.view(1, self.num_heads, stop - start, tokens))
+        return out
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: tuple[int, int],
+                 qkv_bias: bool, use_rel_pos_bias: bool, init_values: float | None,
+                 eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, window, qkv_bias, use_rel_pos_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.gamma_1: nn.Parameter | None
+        self.gamma_2: nn.Parameter | None
+        if init_values is not None and init_values > 0:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gamma_1 is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = x + self.gamma_1 * self.attn(self.norm1(x))
+        return x + self.gamma_2 * self.mlp(self.norm2(x))

@@ -1,0 +1,1 @@
+"""Decode heads: Mask2Former (pixel decoder + masked-attention transformer decoder)."""

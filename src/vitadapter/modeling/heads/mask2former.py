@@ -1,0 +1,98 @@
+"""Mask2Former head for semantic segmentation: pixel decoder, masked-attention decoder and the
+class x mask semantic inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...config.schema import HeadConfig
+from ..layers import embedding
+from .pixel_decoder import MSDeformAttnPixelDecoder
+from .position_encoding import sine_position_encoding
+from .transformer_decoder import TransformerDecoder
+
+
+@dataclass
+class HeadOutput:
+    """Everything the head computes for a batch of crops."""
+
+    cls_logits: list[torch.Tensor]   # per prediction (before layer 0, then after each layer)
+    mask_logits: list[torch.Tensor]  # (B, Q, H/4, W/4) per prediction
+    memories: list[torch.Tensor]     # pixel-decoder outputs, coarse to fine
+    mask_features: torch.Tensor      # (B, C, H/4, W/4)
+
+
+def semantic_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Per-class scores ``sum_q softmax(cls)[q, c] * sigmoid(mask)[q]``; the no-object column is
+    dropped after the softmax. Returns (B, num_classes, H, W)."""
+    cls = F.softmax(cls_logits, dim=-1)[..., :-1]
+    return torch.einsum("bqc,bqhw->bchw", cls, mask_logits.sigmoid())
+
+
+class Mask2FormerHead(nn.Module):
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        feat = cfg.feat_channels
+        dec = cfg.decoder
+        self.num_levels = cfg.num_transformer_feat_level
+        self.pos_num_feats = dec.pos_num_feats
+        self.pixel_decoder = MSDeformAttnPixelDecoder(cfg)
+        self.transformer_decoder = TransformerDecoder(feat, dec.num_layers, dec.num_heads,
+                                                      dec.ffn_channels)
+        # Identity unless the official config forces a projection (no weights in that case).
+        self.decoder_input_projs = nn.ModuleList([
+            nn.Conv2d(feat, feat, 1) if cfg.enforce_decoder_input_project else nn.Identity()
+            for _ in range(self.num_levels)
+        ])
+        self.query_embed = embedding(cfg.num_queries, feat)
+        self.query_feat = embedding(cfg.num_queries, feat)
+        self.level_embed = embedding(self.num_levels, feat)
+        self.cls_embed = nn.Linear(feat, cfg.num_classes + 1)
+        self.mask_embed = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(), nn.Linear(feat, feat),
+                                        nn.ReLU(), nn.Linear(feat, cfg.out_channels))
+
+    def forward(self, feats: list[torch.Tensor], all_predictions: bool = True) -> HeadOutput:
+        """Every prediction set (deep supervision, inspection), or with ``all_predictions``
+        False only the last one, so that inference does not keep the earlier mask maps."""
+        mask_features, memories = self.pixel_decoder(feats)
+        batch = mask_features.shape[0]
+        keys, key_pos = [], []
+        for i in range(self.num_levels):
+            memory = self.decoder_input_projs[i](memories[i])
+            keys.append(memory.flatten(2).transpose(1, 2) + self.level_embed.weight[i])
+            encoding = sine_position_encoding(*memory.shape[-2:], self.pos_num_feats,
+                                              memory.device)
+            key_pos.append(encoding.flatten(2).transpose(1, 2))
+        query = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+
+        cls, mask, blocked = self._predict(query, mask_features, memories[0].shape[-2:])
+        all_cls, all_masks = [cls], [mask]
+        for i, layer in enumerate(self.transformer_decoder.layers):
+            level = i % self.num_levels
+            query = layer(query, query_pos, keys[level], key_pos[level], blocked)
+            target = memories[(i + 1) % self.num_levels].shape[-2:]
+            cls, mask, blocked = self._predict(query, mask_features, target)
+            if not all_predictions:
+                all_cls.clear()
+                all_masks.clear()
+            all_cls.append(cls)
+            all_masks.append(mask)
+        return HeadOutput(all_cls, all_masks, memories, mask_features)
+
+    def _predict(self, query: torch.Tensor, mask_features: torch.Tensor,
+                 target: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class logits, mask logits and the attention mask for the next level
+        (True = blocked: the query's resized mask is below 0.5 there)."""
+        query = self.transformer_decoder.post_norm(query)
+        cls = self.cls_embed(query)
+        mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(query), mask_features)
+        resized = F.interpolate(mask, size=tuple(target), mode="bilinear", align_corners=False)
+        blocked = resized.flatten(2).sigmoid() < 0.5
+        # A query whose mask is empty at this level attends everywhere instead of nowhere.
+        blocked = blocked & ~blocked.all(-1, keepdim=True)
+        return cls, mask, blocked.unsqueeze(1)

@@ -1,0 +1,83 @@
+"""The official test-time preprocessing of a photo into normalised views.
+
+numpy + OpenCV only (no torch import), so the ONNX backend shares it. It reproduces mmseg's
+single-scale test pipeline step by step: keep-ratio ``Resize`` (mmcv ``imrescale``, OpenCV
+bilinear on uint8), ``ResizeToMultiple`` (a second bilinear resize up to a multiple of
+``size_divisor``), optional horizontal flip, ``PadShortSide`` (bottom/right zeros up to the crop),
+``Normalize`` on 0..255 RGB values; with TTA, the official scales and flips.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..config.schema import InferenceConfig
+from ..errors import ImageError
+
+
+@dataclass(frozen=True)
+class View:
+    """One preprocessed version of a photo (one test-time augmentation)."""
+
+    image: np.ndarray              # (3, H, W) float32, normalised, padded to >= crop
+    valid_shape: tuple[int, int]   # (h, w) before padding (mmseg's img_shape)
+    original_shape: tuple[int, int]
+    flipped: bool = False
+
+
+def rescale_size(height: int, width: int, img_scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv ``rescale_size``: the largest keep-ratio size within (long, short) = img_scale,
+    rounded half up. Returns (new_height, new_width)."""
+    long_edge, short_edge = max(img_scale), min(img_scale)
+    scale = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * float(scale) + 0.5), int(width * float(scale) + 0.5)
+
+
+def preprocess(rgb: np.ndarray, cfg: InferenceConfig, *, ratio: float = 1.0,
+               flip: bool = False) -> View:
+    """The official test transforms for one scale ``ratio`` of ``cfg.img_scale``."""
+    height, width = rgb.shape[:2]
+    img_scale = (int(max(cfg.img_scale) * ratio), int(min(cfg.img_scale) * ratio))
+    new_h, new_w = rescale_size(height, width, img_scale)
+    if min(new_h, new_w) < 1:
+        raise ImageError(f"image of {width}x{height} pixels is too thin to resize")
+    img = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    divisor = cfg.size_divisor
+    multiple = (math.ceil(new_w / divisor) * divisor, math.ceil(new_h / divisor) * divisor)
+    img = cv2.resize(img, multiple, interpolation=cv2.INTER_LINEAR)
+    if flip:
+        img = np.ascontiguousarray(img[:, ::-1])
+    valid = img.shape[:2]
+    crop_h, crop_w = cfg.crop_size
+    if valid[0] < crop_h or valid[1] < crop_w:  # PadShortSide: raw zeros, bottom/right
+        padded = np.zeros((max(valid[0], crop_h), max(valid[1], crop_w), 3), np.uint8)
+        padded[:valid[0], :valid[1]] = img
+        img = padded
+    return View(normalize(img, cfg), (int(valid[0]), int(valid[1])), (height, width), flip)
+
+
+def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """mmcv ``imnormalize`` on an RGB uint8 image: ``(x - mean) / std`` in float32 (OpenCV
+    arithmetic, as mmcv), returned channels-first."""
+    img = rgb.astype(np.float32)
+    if not cfg.to_rgb:
+        img = np.ascontiguousarray(img[:, :, ::-1])
+    # mmseg stores mean/std as float32 before mmcv widens them to float64.
+    mean = np.asarray(cfg.mean, np.float32).reshape(1, -1).astype(np.float64)
+    stdinv = 1 / np.asarray(cfg.std, np.float32).reshape(1, -1).astype(np.float64)
+    cv2.subtract(img, mean, img)
+    cv2.multiply(img, stdinv, img)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
+
+
+def augmented_views(rgb: np.ndarray, cfg: InferenceConfig, tta: bool = False) -> list[View]:
+    """The single-scale view, or the official multi-scale + flip set (scales outer, flips
+    inner, as mmseg's ``MultiScaleFlipAug``)."""
+    if not tta:
+        return [preprocess(rgb, cfg)]
+    flips = (False, True) if cfg.tta_flip else (False,)
+    return [preprocess(rgb, cfg, ratio=r, flip=f) for r in cfg.tta_ratios for f in flips]

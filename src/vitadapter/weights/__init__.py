@@ -1,0 +1,1 @@
+"""Weights: reading and strictly loading checkpoints, safetensors, the release-weight cache."""

@@ -1,0 +1,309 @@
+"""Reading released checkpoints and loading them strictly into a model.
+
+Accepted files: the official release ``.zip`` (holding a ``.pth``/``.pth.tar``), ``.pth`` /
+``.pth.tar``, ModelScope's ``pytorch_model.pt``, a bare state dict, and ``.safetensors``.
+Pickle-based files are read with ``torch.load(weights_only=True)``: a file that needs arbitrary
+pickled objects is refused unless the caller trusts it explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray  # type: ignore[no-redef]
+from torch import nn
+
+from ..errors import CheckpointError
+from ..modeling.segmentor import checkpoint_filter
+from .safetensors import load_safetensors, save_safetensors
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
+_LIST_LIMIT = 12
+
+# numpy globals that only rebuild numbers and arrays (mmcv's ``meta`` may hold numpy scalars),
+# under their numpy 1 and numpy 2 module names.
+_NUMPY_DATA_GLOBALS: list[Any] = [
+    (getattr(multiarray, name), f"{module}.{name}")
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("scalar", "_reconstruct")
+]
+_NUMPY_DATA_GLOBALS += [np.ndarray, np.dtype, *{type(np.dtype(t)) for t in np.typecodes["All"]}]
+
+
+@dataclass
+class Checkpoint:
+    """A state dict read from disk, with the class names and palette of its ``meta``."""
+
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str] | None = None
+    palette: list[list[int]] | None = None
+    source: str = ""
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> Checkpoint:
+    """Read any supported checkpoint file into a normalised state dict (no model needed)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it")
+    if path.suffix == ".safetensors":
+        tensors, metadata = load_safetensors(path)
+        return _normalise({"state_dict": tensors, "meta": _meta_from_safetensors(metadata)},
+                          str(path))
+    if zipfile.is_zipfile(path) and not _is_torch_zip(path):
+        return _read_release_zip(path, trust_checkpoint)
+    return _normalise(_torch_load(path, trust_checkpoint), str(path))
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True,
+                    trust_checkpoint: bool = False) -> Checkpoint:
+    """Load a checkpoint into ``model`` (built by :func:`vitadapter.build_model`).
+
+    A model built on the ``meta`` device takes the checkpoint's tensors by assignment (no copy;
+    memory-mapped for safetensors). With ``strict`` (the default) any missing, unexpected or
+    mis-shaped key raises :class:`CheckpointError` listing them and the likely cause. The
+    ``relative_position_index`` buffers the releases lack are regenerated; stray
+    ``decode_head.conv_seg.*`` weights of old releases are ignored with a notice.
+    """
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    apply_state_dict(model, ckpt.state_dict, strict=strict, source=ckpt.source)
+    if ckpt.classes is not None:
+        model.classes = ckpt.classes  # type: ignore[assignment]
+    if ckpt.palette is not None:
+        model.palette = ckpt.palette  # type: ignore[assignment]
+    return ckpt
+
+
+def apply_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                     strict: bool = True, source: str = "checkpoint") -> None:
+    """Check ``state_dict`` against ``model`` and load it (by assignment into meta models)."""
+    expected, _ = checkpoint_filter(model.state_dict(), source)
+    state_dict, _ = checkpoint_filter(state_dict, source)
+    problems = _compare(expected, state_dict)
+    if strict and any(problems.values()):
+        raise CheckpointError(_mismatch_message(source, problems, expected, state_dict))
+    to_load = {k: v for k, v in state_dict.items() if k not in problems["mismatched"]}
+    meta_model = any(p.is_meta for p in model.parameters())
+    if meta_model and problems["missing"]:
+        raise CheckpointError(f"{source}: cannot fill a weightless (meta) model when keys are "
+                              f"missing: {_listing(problems['missing'])}")
+    dtype = next(model.parameters()).dtype
+    if meta_model:
+        to_load = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in to_load.items()}
+    try:
+        model.load_state_dict(to_load, strict=False, assign=meta_model)
+    except RuntimeError as exc:  # e.g. a relative_position_index that is not BEiT's
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
+        raise CheckpointError(f"{source}: {details or _first_line(exc)}") from None
+
+
+def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust_checkpoint: bool = False,
+                           overwrite: bool = False) -> Path:
+    """Convert any supported checkpoint to a safetensors file (derived index buffers are left
+    out; class names and palette go into the metadata)."""
+    src, dst = Path(src), Path(dst)
+    if dst.suffix != ".safetensors":
+        raise CheckpointError(f"destination must end in .safetensors, got {dst}")
+    if dst.exists() and (not overwrite or dst.resolve() == src.resolve()):
+        raise CheckpointError(f"{dst} already exists; choose another name"
+                              + ("" if dst.resolve() == src.resolve() else " or pass --force"))
+    if dst.parent.exists() and not dst.parent.is_dir():
+        raise CheckpointError(f"{dst.parent} is not a directory")
+    ckpt = read_checkpoint(src, trust_checkpoint=trust_checkpoint)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(ckpt, dst)
+    return dst
+
+
+def write_safetensors(ckpt: Checkpoint, dst: Path) -> None:
+    """Save a read checkpoint as safetensors, with its classes and palette as metadata."""
+    tensors = ckpt.state_dict
+    metadata = {"format": "vitadapter", "source": Path(ckpt.source.split("!")[0]).name}
+    if ckpt.classes is not None:
+        metadata["classes"] = json.dumps(ckpt.classes)
+    if ckpt.palette is not None:
+        metadata["palette"] = json.dumps(ckpt.palette)
+    save_safetensors(tensors, dst, metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """torch.save files are zip archives too: they hold ``<name>/data.pkl``."""
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("data.pkl") for n in zf.namelist())
+
+
+def _read_release_zip(path: Path, trust_checkpoint: bool) -> Checkpoint:
+    with zipfile.ZipFile(path) as zf:
+        members = [i for i in zf.infolist() if not i.is_dir()
+                   and i.filename.lower().endswith(_CHECKPOINT_SUFFIXES)
+                   and not Path(i.filename).name.startswith(".")]
+        if len(members) != 1:
+            names = [i.filename for i in zf.infolist()][:_LIST_LIMIT]
+            what = "no checkpoint" if not members else f"{len(members)} checkpoints"
+            raise CheckpointError(f"{path}: the zip holds {what} (.pth/.pth.tar/.pt); "
+                                  f"contents: {names}")
+        member = members[0]
+        with tempfile.TemporaryDirectory(prefix="vitadapter-") as tmp:
+            target = Path(tmp) / Path(member.filename).name
+            try:
+                with zf.open(member) as fin, open(target, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise CheckpointError(f"{path}: cannot extract {member.filename} "
+                                      f"(corrupt or truncated zip?): {exc}") from None
+            ckpt = read_checkpoint(target, trust_checkpoint=trust_checkpoint)
+    ckpt.source = f"{path}!{member.filename}"
+    return ckpt
+
+
+def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
+    try:
+        if trust_checkpoint:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_DATA_GLOBALS):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
+                                  f"{_first_line(exc)}") from None
+        raise CheckpointError(
+            f"{path}: refusing to unpickle {found.group(1)}: this checkpoint needs code objects "
+            "beyond plain tensors, which could run arbitrary code. If you trust its source, "
+            "pass trust_checkpoint=True (CLI: --trust-checkpoint)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
+                              f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _normalise(obj: Any, source: str) -> Checkpoint:
+    """Unwrap ``state_dict``/``model`` and ``module.``; keep CLASSES and PALETTE of ``meta``."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    meta: Mapping[str, Any] = obj["meta"] if isinstance(obj.get("meta"), Mapping) else {}
+    state = obj
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj.get(key), Mapping):
+            state = obj[key]
+            break
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) and not (key == "meta" and state is obj):
+            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, "
+                                  "not a tensor; is this a model checkpoint?")
+    tensors, ignored = checkpoint_filter(
+        {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, source)
+    classes = meta.get("CLASSES")
+    palette = meta.get("PALETTE")
+    return Checkpoint(
+        state_dict=tensors,
+        classes=[str(c) for c in classes] if classes is not None else None,
+        palette=[[int(v) for v in rgb] for rgb in palette] if palette is not None else None,
+        source=source,
+        ignored_keys=ignored,
+    )
+
+
+def _meta_from_safetensors(metadata: Mapping[str, str]) -> dict[str, Any]:
+    meta = {}
+    for ours, theirs in (("classes", "CLASSES"), ("palette", "PALETTE")):
+        if ours in metadata:
+            meta[theirs] = json.loads(metadata[ours])
+    return meta
+
+
+def _compare(expected: Mapping[str, torch.Tensor],
+             given: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [k for k in given if k in expected and given[k].shape != expected[k].shape]
+    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f" ... ({len(keys)} in all)" if len(keys) > _LIST_LIMIT else "")
+
+
+def _mismatch_message(source: str, problems: dict[str, list[str]],
+                      expected: Mapping[str, torch.Tensor],
+                      given: Mapping[str, torch.Tensor]) -> str:
+    lines = [f"{source} does not fit this model:"]
+    if problems["mismatched"]:
+        shapes = [f"{k} {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in problems["mismatched"]]
+        lines.append(f"  shape mismatch: {_listing(shapes)}")
+    if problems["missing"]:
+        lines.append(f"  missing: {_listing(problems['missing'])}")
+    if problems["unexpected"]:
+        lines.append(f"  unexpected: {_listing(problems['unexpected'])}")
+    lines.append("  likely cause: " + _likely_cause(problems, expected, given))
+    return "\n".join(lines)
+
+
+def _likely_cause(problems: dict[str, list[str]], expected: Mapping[str, torch.Tensor],
+                  given: Mapping[str, torch.Tensor]) -> str:
+    def rows(sd: Mapping[str, torch.Tensor], key: str) -> int | None:
+        return int(sd[key].shape[0]) if key in sd else None
+
+    table = "backbone.blocks.0.attn.relative_position_bias_table"
+    theirs, ours = rows(given, table), rows(expected, table)
+    if theirs and ours and theirs != ours:
+        return (f"the checkpoint was trained for {_crop_from_table(theirs)}px crops, the model "
+                f"is built for {_crop_from_table(ours)}px: pick the matching preset or config")
+    theirs, ours = rows(given, "decode_head.cls_embed.weight"), rows(expected,
+                                                                      "decode_head.cls_embed.weight")
+    if theirs and ours and theirs != ours:
+        return (f"the checkpoint predicts {theirs - 1} classes, the model {ours - 1}: it belongs "
+                "to another dataset; pick the matching preset or config")
+    theirs, ours = rows(given, "decode_head.query_feat.weight"), rows(
+        expected, "decode_head.query_feat.weight")
+    if theirs and ours and theirs != ours:
+        return (f"the checkpoint has {theirs} queries, the model {ours}: pick the matching "
+                "preset or config")
+    if any(k.startswith("auxiliary_head.") for k in problems["unexpected"]):
+        return "this is an UperNet checkpoint; only Mask2Former models are supported"
+    if given and not any(k.startswith(("backbone.", "decode_head.")) for k in given):
+        return ("the keys carry no 'backbone.'/'decode_head.' prefix: this looks like "
+                "pretrained backbone weights, not a segmentation checkpoint")
+    if problems["mismatched"]:
+        return "the checkpoint's model has other widths or depths: pick the matching preset"
+    return "the checkpoint comes from a different architecture or a different preset"
+
+
+def _crop_from_table(rows: int) -> int:
+    """Invert ``rows = (2 * crop / 16 - 1) ** 2 + 3``."""
+    side = math.isqrt(max(rows - 3, 0))
+    return (side + 1) // 2 * 16

@@ -1,0 +1,52 @@
+"""Generated over every registered preset: it builds (on the meta device, no weights), predicts
+its dataset's number of classes at the head's resolution, and its state dict equals the official
+model's key manifest wherever one is in tests/data/reference/manifests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vitadapter import PRESETS, build_model
+
+from .conftest import REFERENCE
+
+# Manifests (key, shape, dtype of an official model built from its config) by preset.
+MANIFESTS = {
+    "cocostuff164k-beit-adapter-l-m2f-896": "manifest-beit-adapter-l-m2f-cocostuff164k-896.json",
+}
+NUM_CLASSES = {"coco-stuff164k": 171, "ade20k": 150, "cityscapes": 19}
+
+
+def manifest(name: str) -> dict:
+    return json.loads((REFERENCE / "manifests" / MANIFESTS[name]).read_text())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_builds_with_its_dataset_classes(name):
+    cfg = PRESETS[name]
+    model = build_model(name, device="meta")
+    assert model.num_classes == NUM_CLASSES[cfg.dataset] == cfg.num_classes
+    size = cfg.backbone.img_size
+    assert tuple(cfg.inference.crop_size) == (size, size)
+    with torch.no_grad():
+        scores = model(torch.empty(1, 3, size, size, device="meta"))
+    assert scores.shape == (1, cfg.num_classes, size // 4, size // 4)
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_preset_state_dict_equals_the_official_manifest(name):
+    expected = manifest(name)
+    model = build_model(name, device="meta")
+    ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+            for k, v in model.state_dict().items()}
+    theirs = {e["key"]: (tuple(e["shape"]), e["dtype"]) for e in expected["keys"]}
+    assert ours == theirs
+    assert len(ours) == expected["num_keys"]
+    assert sum(p.numel() for p in model.parameters()) == expected["num_parameters"]
+
+
+def test_every_manifest_names_a_registered_preset():
+    assert set(MANIFESTS) <= set(PRESETS)
