@@ -174,3 +174,22 @@ def test_gradient_norms_equal_the_official_ones(ref, training_step):
         assert errors.pop(name) is not None
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-4, (worst, errors[worst])
+
+
+def test_random_points_are_reproducible_and_an_empty_image_is_handled(ref):
+    from vitadapter.training import RandomPoints
+
+    cls_all = list(torch.from_numpy(ref["all_cls_scores"]))
+    mask_all = [m.clone().requires_grad_() for m in torch.from_numpy(ref["all_mask_preds"])]
+    labels, masks = ground_truth(ref)
+    labels[1], masks[1] = labels[1][:0], masks[1][:0]  # image 1 without ground truth
+
+    def run() -> dict[str, torch.Tensor]:
+        draw = RandomPoints(torch.Generator().manual_seed(0))
+        return Mask2FormerLoss(reference_config(), draw=draw)(cls_all, mask_all, labels, masks)
+
+    first, second = run(), run()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.isfinite(v) for v in first.values())
+    sum(first.values()).backward()
+    assert mask_all[-1].grad[1].abs().sum() == 0  # no mask loss on the empty image
