@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from vitadapter import Segmenter
+from vitadapter.backends import precision
 from vitadapter.backends.precision import check_precision
 from vitadapter.cli import main
 from vitadapter.errors import ConfigError
@@ -25,7 +28,27 @@ def test_unknown_or_unsupported_precision_is_refused():
         check_precision("fp16", "cpu")
     with pytest.raises(ConfigError, match=r"'int8' .* runs on the CPU only"):
         check_precision("int8", "cuda")
-    assert check_precision("bf16", "cpu") == "bf16"
+
+
+def test_cpu_bf16_warns_without_amx(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="'bf16' on this CPU .* slower than fp32"):
+        assert check_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_precision("bf16", "cpu") == "bf16"
+
+
+def test_int8_quantises_only_the_chosen_groups(tiny_models):
+    model = tiny_models["tiny-upstream"]
+    quantised = precision.prepare_model(model, "int8", int8_groups=["vit-mlp"])
+    block = quantised.backbone.blocks[0]
+    assert type(block.mlp.fc1).__module__.startswith("torch.ao.nn.quantized")
+    assert isinstance(block.attn.qkv, torch.nn.Linear)
+    assert isinstance(quantised.decode_head.cls_embed, torch.nn.Linear)
+    with pytest.raises(ConfigError, match=r"unknown int8 group.* vit-mlps; choose from"):
+        precision.prepare_model(model, "int8", int8_groups=["vit-mlps"])
 
 
 def test_int8_quantises_a_copy_and_mostly_agrees(tiny_models, fp32_labels):
@@ -41,6 +64,7 @@ def test_int8_quantises_a_copy_and_mostly_agrees(tiny_models, fp32_labels):
     assert 0.75 < agreement < 1.0
 
 
+@pytest.mark.filterwarnings("ignore:precision 'bf16' on this CPU")
 def test_bf16_autocast_on_cpu_mostly_agrees(tiny_models, fp32_labels):
     seg = Segmenter.from_model(tiny_models["tiny-upstream"], precision="bf16")
     agreement = (seg(str(PHOTO)).label_map == fp32_labels).mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,17 @@ def load_model(cfg: ConfigLike, checkpoint: str | Path, *, device: str = "cpu",
 
 class TorchRunner:
     """Runs batches of normalised crops through a loaded :class:`SegmentationModel` at
-    ``precision`` (``owns_model``: int8 may quantise the model in place instead of a copy)."""
+    ``precision`` (``owns_model``: int8 may quantise the model in place instead of a copy;
+    ``int8_groups``: which Linear groups int8 quantises, see ``backends.precision``)."""
 
     def __init__(self, model: SegmentationModel, precision: Precision = "fp32",
-                 owns_model: bool = False) -> None:
+                 owns_model: bool = False, int8_groups: Sequence[str] | None = None) -> None:
         self._device = next(model.parameters()).device
         self.device = str(self._device)
         self.precision = check_precision(precision, self._device)
         self.info = ModelInfo.of(model.config, model.classes, model.palette)
-        self.model = prepare_model(model.eval(), self.precision, inplace=owns_model)
+        self.model = prepare_model(model.eval(), self.precision, inplace=owns_model,
+                                   int8_groups=int8_groups)
 
     @classmethod
     def load(cls, cfg: ConfigLike, checkpoint: str | Path, *, device: str | None = None,
