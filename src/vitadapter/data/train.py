@@ -104,6 +104,7 @@ def train_loader(dataset: TrainDataset, batch_size: int, start: int, stop: int,
                  num_workers: int = 0) -> DataLoader:
     """Batches ``start .. stop - 1``: images (B, 3, S, S) float32, labels (B, S, S) int64."""
     order = BatchOrder(dataset.seed, len(dataset), batch_size, start, stop)
+    # Its own generator: creating the loader must not draw from the global torch RNG, which
+    # the training step's randomness (drop path) uses and a resumed run restores.
     return DataLoader(dataset, batch_sampler=order, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator())
