@@ -35,3 +35,7 @@ class ExportError(VitAdapterError):
 
 class OnnxModelError(VitAdapterError, ValueError):
     """An ONNX file that is unreadable or was not exported by ``vitadapter export-onnx``."""
+
+
+class TrainingError(VitAdapterError):
+    """A training run that cannot start or continue as asked (work dir, resume, settings)."""

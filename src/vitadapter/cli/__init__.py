@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VitAdapterError
-from . import convert, evaluate, export_onnx, presets, segment, serve
+from . import convert, evaluate, export_onnx, presets, segment, serve, train
 
-COMMANDS = (segment, evaluate, serve, convert, export_onnx, presets)
+COMMANDS = (segment, evaluate, train, serve, convert, export_onnx, presets)
 
 
 def build_parser() -> argparse.ArgumentParser:

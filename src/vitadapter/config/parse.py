@@ -28,6 +28,8 @@ def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     if "model" in data or "config" in data or "type" in data.get("backbone", {}):
         return config_from_official(data)
     f = FieldReader(data, "")
+    # A training work dir's config.json also names the classes; the checkpoint carries them too.
+    f.ignore("classes", "palette")
     kwargs: dict[str, Any] = {}
     for key in ("name", "behaviour", "dataset", "weights_url", "description"):
         if key in data:

@@ -46,6 +46,10 @@ class BackboneConfig:
     add_vit_feature: bool = True
     use_extra_extractor: bool = True
     interaction_indexes: tuple[tuple[int, int], ...] = ((0, 5), (6, 11), (12, 17), (18, 23))
+    # Stochastic depth in training (official recipe 0.3): block i drops its residual branches
+    # with rate drop_path_rate * i / (depth - 1), the extractors' ConvFFN with drop_path_rate.
+    # No effect in eval mode.
+    drop_path_rate: float = 0.0
 
     @property
     def window_size(self) -> tuple[int, int]:
@@ -162,6 +166,8 @@ def validate(cfg: ModelConfig) -> None:
             f"test crop_size {tuple(cfg.inference.crop_size)} must equal the backbone img_size "
             f"({b.img_size}): the relative position tables are sized for one crop"
         )
+    if not 0 <= b.drop_path_rate < 1:
+        raise ConfigError(f"backbone.drop_path_rate must be in [0, 1), got {b.drop_path_rate}")
     if b.embed_dim % b.num_heads or b.embed_dim % b.deform_num_heads:
         raise ConfigError("backbone.embed_dim must be divisible by num_heads and deform_num_heads")
     value_dim = int(b.embed_dim * b.deform_ratio)

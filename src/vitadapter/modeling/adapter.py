@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import BackboneConfig, Behaviour
-from .backbones.beit import Block, PatchEmbed
+from .backbones.beit import Block, DropPath, PatchEmbed
 from .deform_attn import MSDeformAttn
 
 Shapes = tuple[tuple[int, int], ...]
@@ -142,6 +142,7 @@ class Extractor(AdapterAttention):
         if cfg.with_cffn:
             self.ffn = ConvFFN(cfg.embed_dim, int(cfg.embed_dim * cfg.cffn_ratio))
             self.ffn_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+            self.drop_path = DropPath(cfg.drop_path_rate)
         else:
             self.ffn = None
 
@@ -149,7 +150,7 @@ class Extractor(AdapterAttention):
                 height: int, width: int) -> torch.Tensor:
         c = c + self.attend(c, x, ref, shapes)
         if self.ffn is not None:
-            c = c + self.ffn(self.ffn_norm(c), height, width)
+            c = c + self.drop_path(self.ffn(self.ffn_norm(c), height, width))
         return c
 
 
@@ -191,8 +192,9 @@ class BEiTAdapter(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList([
             Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.window_size, cfg.qkv_bias,
-                  cfg.use_rel_pos_bias, cfg.init_values, cfg.norm_eps)
-            for _ in range(cfg.depth)
+                  cfg.use_rel_pos_bias, cfg.init_values, cfg.norm_eps,
+                  cfg.drop_path_rate * i / max(cfg.depth - 1, 1))
+            for i in range(cfg.depth)
         ])
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(cfg.conv_inplane, dim, cfg.in_channels)

@@ -170,13 +170,30 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random ``rate`` share of the
+    samples and scale the others by ``1 / (1 - rate)``; identity in eval mode."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: tuple[int, int],
                  qkv_bias: bool, use_rel_pos_bias: bool, init_values: float | None,
-                 eps: float) -> None:
+                 eps: float, drop_path: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, window, qkv_bias, use_rel_pos_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
@@ -191,7 +208,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gamma_1 is None:
-            x = x + self.attn(self.norm1(x))
-            return x + self.mlp(self.norm2(x))
-        x = x + self.gamma_1 * self.attn(self.norm1(x))
-        return x + self.gamma_2 * self.mlp(self.norm2(x))
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
+        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))

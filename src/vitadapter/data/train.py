@@ -1,0 +1,110 @@
+"""Training batches: a split's samples through the training pipeline, in a seeded order.
+
+The order is an endless stream of epochs, each a permutation of the split drawn from
+``(seed, epoch)``; batch ``i`` is positions ``i * B .. (i + 1) * B - 1`` of that stream (a
+batch may straddle two epochs). Each sample's augmentation draws from a generator seeded with
+``(seed, epoch, index)``. Batch ``i`` is therefore a function of (seed, batch size, dataset,
+i) alone: the same under any number of workers or processes, and a resumed run continues with
+exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config.schema import InferenceConfig
+from ..errors import DatasetError, ImageError
+from ..pipeline.images import load_image
+from .custom import CUSTOM, open_custom
+from .datasets import EvalDataset, open_dataset
+from .transforms import TrainPipelineConfig, train_transform
+
+Key = tuple[int, int]  # (epoch, sample index)
+_ORDER_STREAM = 0  # generator key part for the epoch order
+_SAMPLE_STREAM = 1  # ... and for a sample's augmentation
+
+
+def open_split(root: str | Path, dataset: str, split: str) -> EvalDataset:
+    """A split of the ``custom`` layout or of one of the evaluation layouts."""
+    if dataset == CUSTOM:
+        return open_custom(root, split)
+    return open_dataset(root, dataset, split)
+
+
+@lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The sample indices of ``epoch`` in training order."""
+    return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(size)
+
+
+def batch_keys(seed: int, size: int, batch_size: int, iteration: int) -> list[Key]:
+    """The (epoch, index) keys of batch ``iteration``."""
+    keys = []
+    for position in range(iteration * batch_size, (iteration + 1) * batch_size):
+        epoch, offset = divmod(position, size)
+        keys.append((epoch, int(epoch_order(seed, epoch, size)[offset])))
+    return keys
+
+
+class BatchOrder(Sampler[list[Key]]):
+    """The batches from ``start`` to ``stop`` (exclusive), as lists of keys."""
+
+    def __init__(self, seed: int, size: int, batch_size: int, start: int, stop: int) -> None:
+        self.seed, self.size, self.batch_size = seed, size, batch_size
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for iteration in range(self.start, self.stop):
+            yield batch_keys(self.seed, self.size, self.batch_size, iteration)
+
+
+class TrainDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Samples of ``dataset`` through the training pipeline, indexed by (epoch, index)."""
+
+    def __init__(self, dataset: EvalDataset, pipeline: TrainPipelineConfig,
+                 norm: InferenceConfig, seed: int) -> None:
+        self.dataset, self.pipeline, self.norm, self.seed = dataset, pipeline, norm, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The RGB image and train-id label map of sample ``index``, sizes checked."""
+        sample = self.dataset.samples[index]
+        try:
+            rgb = load_image(sample.image)
+        except ImageError as exc:
+            raise DatasetError(f"image {sample.image}: {exc}") from None
+        label = self.dataset.read_label(sample)
+        if rgb.shape[:2] != label.shape:
+            raise DatasetError(
+                f"image {sample.image} is {rgb.shape[1]}x{rgb.shape[0]} but its annotation "
+                f"{sample.label} is {label.shape[1]}x{label.shape[0]} (width x height): they "
+                "must have the same size")
+        return rgb, label
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        rgb, label = self.read(index)
+        rng = np.random.default_rng([self.seed, _SAMPLE_STREAM, epoch, index])
+        image, labels = train_transform(rgb, label, self.pipeline, self.norm, rng)
+        return torch.from_numpy(image), torch.from_numpy(labels.astype(np.int64))
+
+
+def train_loader(dataset: TrainDataset, batch_size: int, start: int, stop: int,
+                 num_workers: int = 0) -> DataLoader:
+    """Batches ``start .. stop - 1``: images (B, 3, S, S) float32, labels (B, S, S) int64."""
+    order = BatchOrder(dataset.seed, len(dataset), batch_size, start, stop)
+    # Its own generator: creating the loader must not draw from the global torch RNG, which
+    # the training step's randomness (drop path) uses and a resumed run restores.
+    return DataLoader(dataset, batch_sampler=order, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator())
