@@ -3,7 +3,9 @@ shapes of the full model, gradients w.r.t. value, sampling locations and attenti
 
 Same shapes and inputs as ``ms_deform_attn.py``. Times are the best of ``--repeat`` forward +
 backward passes after one warm-up, the two paths interleaved in one process so that both see
-the same machine load. Peak memory is measured per (shape, path) in a fresh process: the rise of
+the same machine load; also their process CPU seconds (all threads), which a loaded machine
+hardly changes (with ``--threads 1`` they are what an idle machine's wall time would be). Peak
+memory is measured per (shape, path) in a fresh process: the rise of
 the CUDA allocator peak, or on Linux CPUs of the RSS high-water mark (reset after the inputs are
 built), during one forward + backward, the gradients included, after one pass on a tiny case
 (so that one-time lazy initialisation is not counted). Prints one markdown row per
@@ -104,25 +106,30 @@ def measure_peak(name: str, path: str, args: argparse.Namespace) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def time_both(name: str, device: str, repeat: int) -> tuple[dict[str, float], list[float]]:
-    """Best seconds of each path, passes interleaved so both see the same machine load; and the
-    largest difference of each gradient relative to the largest reference gradient."""
+def time_both(name: str, device: str, repeat: int,
+              ) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    """Best wall and best process CPU seconds of each path, passes interleaved so both see the
+    same machine load; and the largest difference of each gradient relative to the largest
+    reference gradient. CPU seconds (all threads together) hardly depend on other processes'
+    load: with ``--threads 1`` they are what an idle machine's wall time would be."""
     inputs, levels, grad_out = _inputs(name, device)
     best = dict.fromkeys(PATHS, float("inf"))
+    best_cpu = dict.fromkeys(PATHS, float("inf"))
     grads = {}
     for round_ in range(repeat + 1):  # round 0 warms up
         for path in PATHS:
             grads[path] = None
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             grads[path] = forward_backward(path, inputs, levels, grad_out)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if round_:
                 best[path] = min(best[path], seconds)
+                best_cpu[path] = min(best_cpu[path], cpu)
     diffs = [float((f - r).abs().max() / r.abs().max())
              for f, r in zip(grads["fast"], grads["reference"], strict=True)]
-    return best, diffs
+    return best, best_cpu, diffs
 
 
 def main() -> None:
@@ -144,17 +151,19 @@ def main() -> None:
     print(f"device {args.device}, {args.threads or torch.get_num_threads()} threads, "
           f"best of {args.repeat}; forward + backward w.r.t. value, locations and weights; "
           "peak = rise of peak memory during one pass")
-    print("| shape | reference s | fast s | speed-up | reference peak MiB | fast peak MiB | "
-          "memory ratio | max rel diff (value / weights / locations) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | reference s | fast s | speed-up | reference CPU s | fast CPU s | CPU ratio | "
+          "reference peak MiB | fast peak MiB | memory ratio | "
+          "max rel diff (value / weights / locations) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        best, (value, locations, weights) = time_both(name, args.device, args.repeat)
+        best, cpu, (value, locations, weights) = time_both(name, args.device, args.repeat)
         peak = {path: measure_peak(name, path, args) for path in PATHS}
         ref, fast = best["reference"], best["fast"]
         ratio = f"{peak['reference'] / peak['fast']:.1f}x" if peak["fast"] >= 1 else "-"
-        print(f"| {name} | {ref:.3f} | {fast:.3f} | {ref / fast:.1f}x | {peak['reference']:.0f} | "
-              f"{peak['fast']:.0f} | {ratio} | {value:.1e} / {weights:.1e} / {locations:.1e} |",
-              flush=True)
+        print(f"| {name} | {ref:.3f} | {fast:.3f} | {ref / fast:.1f}x | {cpu['reference']:.3f} | "
+              f"{cpu['fast']:.3f} | {cpu['reference'] / cpu['fast']:.1f}x | "
+              f"{peak['reference']:.0f} | {peak['fast']:.0f} | {ratio} | "
+              f"{value:.1e} / {weights:.1e} / {locations:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
