@@ -20,17 +20,26 @@ Two implementations give the same numbers up to float32 summation order:
 * the reference path (:func:`ms_deform_attn_reference`) is the official pure-PyTorch algorithm:
   one ``grid_sample`` per level, stacked, weighted and summed.
 
-``with vitadapter.ops.reference_path(): ...`` forces the reference. The reference also runs when
-autograd needs gradients (the fast path is inference-only) and for levels too large for the fast
-path's float32 row arithmetic (about 4000x4000 and up).
+When autograd needs gradients the fast path runs as a ``torch.autograd.Function``
+(:class:`_MSDeformAttnFast`) that keeps only its inputs and recomputes each chunk's rows and
+weights in backward: the value gradient is the transposed gather-sum (the gathered rows sorted
+by the value row they read, then one weighted ``embedding_bag`` over the output gradient), the
+attention-weight and location gradients follow from the dot products of the output gradient
+with the gathered rows. Gradients equal those of the
+reference (``grid_sample``'s, zero padding) up to float32 summation order, except on pixel-grid
+lines, where bilinear interpolation has a kink and an ulp of rounding picks the side.
+
+``with vitadapter.ops.reference_path(): ...`` forces the reference. The reference also runs for
+levels too large for the fast path's float32 row arithmetic (about 4000x4000 and up).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .dispatch import use_reference
 
@@ -59,9 +68,11 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: SpatialShapes | torch.Te
     attention_weights = attention_weights.float()
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (value, sampling_locations, attention_weights))
-    if use_reference() or needs_grad or not _fast_path_exact(shapes):
+    if use_reference() or not _fast_path_exact(shapes):
         out = ms_deform_attn_reference(value.float(), shapes, sampling_locations,
                                        attention_weights)
+    elif needs_grad:
+        out = _MSDeformAttnFast.apply(value, shapes, sampling_locations, attention_weights)
     else:
         out = ms_deform_attn_fast(value, shapes, sampling_locations, attention_weights)
     return out.to(value.dtype)
@@ -73,58 +84,228 @@ def ms_deform_attn_fast(value: torch.Tensor, spatial_shapes: SpatialShapes,
     """Bilinear corners folded into the attention weights, one ``embedding_bag`` per query chunk.
 
     Same arguments as :func:`ms_deform_attn_reference` (float32 locations and weights, any float
-    ``value``); returns float32. No autograd (it writes into preallocated tensors).
+    ``value``); returns float32. Float64 locations and weights make it compute and return
+    float64 (for ``gradcheck``). No autograd (it writes into preallocated tensors): the
+    differentiable form is :class:`_MSDeformAttnFast`.
     """
     batch, _, heads, dim = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    device = value.device
-    table, starts = _bordered_table(value, spatial_shapes)
-    index_dtype = torch.int32 if table.shape[0] < 2**31 else torch.int64
-    block = table.shape[0] // (batch * heads)
-    # Per-level constants spelled out over the points, so that the broadcasting ops below run
-    # over long contiguous inner loops.
-    sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32,
-                         device=device)[:, None].expand(levels, points, 2).contiguous()
-    row_widths = sizes[..., 0] + _BORDER  # (L, P)
-    lowest = torch.full_like(sizes, -1.0)
-    minus_half = torch.tensor(-0.5, device=device)
-    # Row of pixel (0, 0) of each level in each (batch, head) block: (B, 1, heads, L, 1).
-    origins = (torch.arange(batch * heads, device=device, dtype=index_dtype) * block
-               ).view(batch, 1, heads, 1, 1) + torch.tensor(
-        [start + w + _BORDER + 1 for (_, w), start in zip(spatial_shapes, starts, strict=True)],
-        device=device, dtype=index_dtype)[:, None]
-    # Row steps from the top-left corner to the four corners: (L, 4, 1).
-    steps = torch.tensor([[0, 1, w + _BORDER, w + _BORDER + 1] for _, w in spatial_shapes],
-                         device=device, dtype=index_dtype)[:, :, None]
-    out = torch.empty(batch, queries, heads * dim, device=device)
-    chunk = max(1, _CHUNK_ROWS // (batch * heads * levels * points * 4))
-    for first in range(0, queries, chunk):
-        count = min(chunk, queries - first)
-        pixel = torch.addcmul(minus_half, sampling_locations[:, first:first + count], sizes)
-        pixel.clamp_(lowest, sizes)  # beyond that only the border is read
+    queries = sampling_locations.shape[1]
+    plan = _Plan(value, spatial_shapes, sampling_locations, attention_weights)
+    table, _ = _bordered_table(value, spatial_shapes, plan.dtype)
+    out = torch.empty(batch, queries, heads * dim, device=value.device, dtype=plan.dtype)
+    for first, count in plan.chunks():
+        index, weight, _, _ = plan.corners(sampling_locations, attention_weights, first, count)
+        bags = F.embedding_bag(index.view(-1, plan.rows), table,
+                               per_sample_weights=weight.view(-1, plan.rows), mode="sum")
+        out[:, first:first + count] = bags.view(batch, count, heads * dim)
+    return out
+
+
+class _Plan:
+    """Per-call constants of the fast path and the rows and weights of each query chunk."""
+
+    def __init__(self, value: torch.Tensor, spatial_shapes: SpatialShapes,
+                 sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> None:
+        batch, _, heads, _ = value.shape
+        _, queries, _, levels, points, _ = sampling_locations.shape
+        device = value.device
+        self.dtype = (torch.float64 if torch.float64 in
+                      (sampling_locations.dtype, attention_weights.dtype) else torch.float32)
+        self.shape = (batch, heads, levels, points)
+        self.queries = queries
+        self.rows = levels * 4 * points  # gathered rows per bag
+        block = sum((h + _BORDER) * (w + _BORDER) for h, w in spatial_shapes)
+        self.index_dtype = torch.int32 if batch * heads * block < 2**31 else torch.int64
+        # Per-level constants spelled out over the points, so that the broadcasting ops below
+        # run over long contiguous inner loops.
+        self.sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=self.dtype,
+                                  device=device)[:, None].expand(levels, points, 2).contiguous()
+        self.row_widths = self.sizes[..., 0] + _BORDER  # (L, P)
+        self.lowest = torch.full_like(self.sizes, -1.0)
+        self.minus_half = torch.tensor(-0.5, device=device, dtype=self.dtype)
+        starts = _level_starts(spatial_shapes)
+        # Row of pixel (0, 0) of each level in each (batch, head) block: (B, 1, heads, L, 1).
+        self.origins = (torch.arange(batch * heads, device=device, dtype=self.index_dtype)
+                        * block).view(batch, 1, heads, 1, 1) + torch.tensor(
+            [start + w + _BORDER + 1 for (_, w), start in zip(spatial_shapes, starts,
+                                                              strict=True)],
+            device=device, dtype=self.index_dtype)[:, None]
+        # Row steps from the top-left corner to the four corners: (L, 4, 1).
+        self.steps = torch.tensor([[0, 1, w + _BORDER, w + _BORDER + 1]
+                                   for _, w in spatial_shapes],
+                                  device=device, dtype=self.index_dtype)[:, :, None]
+
+    def chunks(self, rows: int | None = None) -> Iterator[tuple[int, int]]:
+        """(first query, query count) of each chunk of about ``rows`` gathered rows (default
+        ``_CHUNK_ROWS``)."""
+        batch, heads, levels, points = self.shape
+        chunk = max(1, (rows or _CHUNK_ROWS) // (batch * heads * levels * points * 4))
+        for first in range(0, self.queries, chunk):
+            yield first, min(chunk, self.queries - first)
+
+    def corners(self, sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
+                first: int, count: int, inside: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows and folded weights of the chunk's corners, both (B, count, heads, L, 4, P),
+        corners ordered top-left, top-right, bottom-left, bottom-right; the fractional pixel
+        positions (B, count, heads, L, P, 2); with ``inside``, where the unclamped pixel
+        coordinate lies in [-1, W] (resp. [-1, H]), i.e. where clamping passes gradients."""
+        batch, heads, levels, points = self.shape
+        device = sampling_locations.device
+        pixel = torch.addcmul(self.minus_half, sampling_locations[:, first:first + count],
+                              self.sizes)
+        mask = (pixel >= self.lowest) & (pixel <= self.sizes) if inside else None
+        pixel.clamp_(self.lowest, self.sizes)  # beyond that only the border is read
         low = pixel.floor()
         frac = pixel.sub_(low)
         # Float32 row arithmetic within a level is exact (_fast_path_exact).
-        top_left = torch.addcmul(low[..., 0], low[..., 1], row_widths).to(index_dtype)
-        top_left += origins
+        top_left = torch.addcmul(low[..., 0], low[..., 1], self.row_widths).to(self.index_dtype)
+        top_left += self.origins
         # A bag is one (batch, query, head), rows (level, corner, point) in any order.
-        index = torch.empty(batch, count, heads, levels, 4, points, dtype=index_dtype,
+        index = torch.empty(batch, count, heads, levels, 4, points, dtype=self.index_dtype,
                             device=device)
-        torch.add(top_left[..., None, :], steps, out=index)
+        torch.add(top_left[..., None, :], self.steps, out=index)
         attn = attention_weights[:, first:first + count]
         fx, fy = frac[..., 0], frac[..., 1]
-        by_row = torch.empty(batch, count, heads, levels, 2, points, device=device)
+        by_row = torch.empty(batch, count, heads, levels, 2, points, device=device,
+                             dtype=self.dtype)
         torch.mul(attn, fy, out=by_row[..., 1, :])
         torch.sub(attn, by_row[..., 1, :], out=by_row[..., 0, :])
         by_col = torch.stack((1 - fx, fx), dim=-2)
-        weight = torch.empty(index.shape, device=device)
+        weight = torch.empty(index.shape, device=device, dtype=self.dtype)
         torch.mul(by_row[..., :, None, :], by_col[..., None, :, :],
                   out=weight.view(batch, count, heads, levels, 2, 2, points))
-        rows = levels * 4 * points
-        bags = F.embedding_bag(index.view(-1, rows), table,
-                               per_sample_weights=weight.view(-1, rows), mode="sum")
-        out[:, first:first + count] = bags.view(batch, count, heads * dim)
-    return out
+        return index, weight, frac, mask
+
+
+class _MSDeformAttnFast(torch.autograd.Function):
+    """The fast path with a backward that recomputes each chunk's rows and weights.
+
+    Only the inputs are kept for backward. With ``w`` the folded weight of a gathered row
+    (attention weight times bilinear corner weight) and ``dw = <grad_out of its bag, row>``:
+    the value gradient is the transposed gather-sum, each bag's output gradient times ``w``
+    added to the row it read (:func:`_scatter_rows`; what falls on the zero border is
+    dropped); the attention weight gradient is the sum over the corners of ``dw`` times the
+    bilinear corner weight; the location gradient is the attention weight times the sum over
+    the corners of ``dw`` times the derivative of the bilinear corner weight, times W (x) or H
+    (y), and zero where clamping moved the pixel coordinate (there every corner reads zero
+    padding, as in ``grid_sample``). Rows are addressed in ``value`` itself rather than in a
+    bordered copy, to keep memory low.
+    """
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, spatial_shapes: list[tuple[int, int]],
+                sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
+                ) -> torch.Tensor:
+        ctx.spatial_shapes = spatial_shapes
+        ctx.save_for_backward(value, sampling_locations, attention_weights)
+        return ms_deform_attn_fast(value, spatial_shapes, sampling_locations, attention_weights)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor,
+                 ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, torch.Tensor | None]:
+        value, locations, attention = ctx.saved_tensors
+        shapes = ctx.spatial_shapes
+        need_value, _, need_locations, need_attention = ctx.needs_input_grad
+        need_rows = need_locations or need_attention
+        plan = _Plan(value, shapes, locations, attention)
+        batch, heads, levels, points = plan.shape
+        dim = value.shape[-1]
+        positions = value.shape[1] * batch * heads
+        # Per bordered-table row its row of value viewed as (B * S * heads, D), or for the
+        # border one past the end: there the value gradient collects what falls on zero
+        # padding, and the row dot products below read row 0 and are set to zero.
+        destination = _value_rows(shapes, batch, heads, value.device)
+        # The rows are read for the weight and location gradients only.
+        rows_table = value.to(plan.dtype).reshape(-1, dim) if need_rows else None
+        grad_rows = (value.new_zeros(positions + 1, dim, dtype=plan.dtype)
+                     if need_value else None)
+        grad_out = grad_out.to(plan.dtype)
+        grad_locations = torch.empty_like(locations) if need_locations else None
+        grad_attention = torch.empty_like(attention) if need_attention else None
+        # Chunks of 1/16 of the forward's: the temporaries take about 50 bytes per gathered row
+        # (sort keys and order, bag ids, weights), and as the value gradient is accumulated in
+        # place small chunks cost no time.
+        for first, count in plan.chunks(_CHUNK_ROWS // 16):
+            index, weight, frac, inside = plan.corners(locations, attention, first, count,
+                                                       inside=need_locations)
+            rows = destination.index_select(0, index.view(-1))
+            weight = weight.view(-1, plan.rows)
+            grad_bags = grad_out[:, first:first + count].reshape(-1, dim)
+            if need_value:
+                _scatter_rows(grad_rows, rows, weight, grad_bags)
+            if not need_rows:
+                continue
+            border = rows == positions
+            rows.masked_fill_(border, 0)
+            # The gradient of the per-sample weights: one dot product per gathered row.
+            weight.requires_grad_()
+            with torch.enable_grad():
+                bags = F.embedding_bag(rows.view(-1, plan.rows), rows_table,
+                                       per_sample_weights=weight, mode="sum")
+                (dw,) = torch.autograd.grad(bags, weight, grad_bags)
+            del bags, weight
+            dw.masked_fill_(border.view(dw.shape), 0)
+            # dw per (B, count, heads, L, row of corners, column of corners, P); along x the
+            # corner weights are (1 - fx, fx), along y (1 - fy, fy).
+            dw = dw.view(batch, count, heads, levels, 2, 2, points)
+            fx, fy = frac[..., None, :, 0], frac[..., 1]
+            along_x = dw[..., 1, :] - dw[..., 0, :]  # d/dfx per row of corners
+            per_row = torch.addcmul(dw[..., 0, :], fx, along_x)  # summed over the columns
+            along_y = per_row[..., 1, :] - per_row[..., 0, :]  # d/dfy
+            if need_attention:
+                grad_attention[:, first:first + count] = torch.addcmul(
+                    per_row[..., 0, :], fy, along_y)
+            if need_locations:
+                d_fx = torch.addcmul(along_x[..., 0, :], fy,
+                                     along_x[..., 1, :] - along_x[..., 0, :])
+                grad = torch.stack((d_fx, along_y), dim=-1)
+                grad *= attention[:, first:first + count, ..., None]
+                grad *= plan.sizes
+                grad.masked_fill_(~inside, 0)
+                grad_locations[:, first:first + count] = grad
+        grad_value = None
+        if need_value:
+            grad_value = grad_rows[:-1].view(value.shape).to(value.dtype)
+        return grad_value, None, grad_locations, grad_attention
+
+
+def _scatter_rows(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                  grad_bags: torch.Tensor) -> None:
+    """Transpose of the gather-sum: adds to ``out[r]`` the sum over the gathered (bag, k) with
+    ``rows[bag * K + k] == r`` of ``weight[bag, k] * grad_bags[bag]``.
+
+    A stable sort groups the gathered rows by destination, then one forward ``embedding_bag``
+    sums, for each destination row that occurs, the bags' gradients in bag order: much faster
+    than ``embedding_bag``'s own backward (one tiny axpy per gathered row), and deterministic.
+    """
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=out.shape[0])
+    present = counts.nonzero().squeeze(1)
+    offsets = counts.new_zeros(present.shape[0] + 1)
+    torch.cumsum(counts[present], 0, out=offsets[1:])
+    sums = F.embedding_bag(order // weight.shape[1], grad_bags, offsets, mode="sum",
+                           per_sample_weights=weight.view(-1)[order], include_last_offset=True)
+    out.index_copy_(0, present, out.index_select(0, present).add_(sums))
+
+
+def _value_rows(spatial_shapes: SpatialShapes, batch: int, heads: int,
+                device: torch.device) -> torch.Tensor:
+    """For each row of the bordered table, its row in the value gradient viewed as
+    (B * S * heads, D); border rows map to one row past the end."""
+    positions = []
+    start = 0
+    for h, w in spatial_shapes:
+        level = torch.full((h + _BORDER, w + _BORDER), -1, dtype=torch.int64, device=device)
+        level[1:h + 1, 1:w + 1] = torch.arange(start, start + h * w, device=device).view(h, w)
+        positions.append(level.view(-1))
+        start += h * w
+    position = torch.cat(positions)  # (S',) value position or -1 on the border
+    rows = ((torch.arange(batch, device=device)[:, None, None] * start + position) * heads
+            + torch.arange(heads, device=device)[:, None])  # (B, heads, S')
+    rows = torch.where(position < 0, batch * start * heads, rows).view(-1)
+    return rows.int() if batch * start * heads < 2**31 else rows
 
 
 def _fast_path_exact(shapes: list[tuple[int, int]]) -> bool:
@@ -132,16 +313,23 @@ def _fast_path_exact(shapes: list[tuple[int, int]]) -> bool:
     return all((h + _BORDER) * (w + _BORDER) < 2**24 for h, w in shapes)
 
 
-def _bordered_table(value: torch.Tensor, spatial_shapes: SpatialShapes,
-                    ) -> tuple[torch.Tensor, list[int]]:
-    """float32 rows (B * heads * S', D): per (batch, head) every level with a zero border of
-    one row/column before and two after; also the first row of each level in a block."""
-    batch, _, heads, dim = value.shape
+def _level_starts(spatial_shapes: SpatialShapes) -> list[int]:
+    """First row of each bordered level in a (batch, head) block of the table."""
     starts, size = [], 0
     for h, w in spatial_shapes:
         starts.append(size)
         size += (h + _BORDER) * (w + _BORDER)
-    table = torch.zeros(batch, heads, size, dim, device=value.device)
+    return starts
+
+
+def _bordered_table(value: torch.Tensor, spatial_shapes: SpatialShapes,
+                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[int]]:
+    """Rows (B * heads * S', D) of ``dtype``: per (batch, head) every level with a zero border
+    of one row/column before and two after; also the first row of each level in a block."""
+    batch, _, heads, dim = value.shape
+    starts = _level_starts(spatial_shapes)
+    size = sum((h + _BORDER) * (w + _BORDER) for h, w in spatial_shapes)
+    table = torch.zeros(batch, heads, size, dim, device=value.device, dtype=dtype)
     levels = value.split([h * w for h, w in spatial_shapes], dim=1)
     for (h, w), start, level in zip(spatial_shapes, starts, levels, strict=True):
         bordered = table[:, :, start:start + (h + _BORDER) * (w + _BORDER)]
