@@ -233,9 +233,9 @@ class _MSDeformAttnFast(torch.autograd.Function):
             rows = destination.index_select(0, index.view(-1))
             weight = weight.view(-1, plan.rows)
             grad_bags = grad_out[:, first:first + count].reshape(-1, dim)
-            if need_value:
+            if grad_rows is not None:
                 _scatter_rows(grad_rows, rows, weight, grad_bags)
-            if not need_rows:
+            if rows_table is None:
                 continue
             border = rows == positions
             rows.masked_fill_(border, 0)
@@ -254,10 +254,10 @@ class _MSDeformAttnFast(torch.autograd.Function):
             along_x = dw[..., 1, :] - dw[..., 0, :]  # d/dfx per row of corners
             per_row = torch.addcmul(dw[..., 0, :], fx, along_x)  # summed over the columns
             along_y = per_row[..., 1, :] - per_row[..., 0, :]  # d/dfy
-            if need_attention:
+            if grad_attention is not None:
                 grad_attention[:, first:first + count] = torch.addcmul(
                     per_row[..., 0, :], fy, along_y)
-            if need_locations:
+            if grad_locations is not None and inside is not None:
                 d_fx = torch.addcmul(along_x[..., 0, :], fy,
                                      along_x[..., 1, :] - along_x[..., 0, :])
                 grad = torch.stack((d_fx, along_y), dim=-1)
@@ -266,7 +266,7 @@ class _MSDeformAttnFast(torch.autograd.Function):
                 grad.masked_fill_(~inside, 0)
                 grad_locations[:, first:first + count] = grad
         grad_value = None
-        if need_value:
+        if grad_rows is not None:
             grad_value = grad_rows[:-1].view(value.shape).to(value.dtype)
         return grad_value, None, grad_locations, grad_attention
 
