@@ -176,17 +176,20 @@ def test_prints_per_class_table_and_summary(full_run):
 
 def test_limit_then_crash_then_resume_equals_uninterrupted(full_run, dataset_root, tmp_path,
                                                            monkeypatch):
-    original = Segmenter.segment
+    import vitadapter.cli.evaluate as cli_evaluate
+
+    original = cli_evaluate.label_maps
     calls: list[str] = []
     crash_at = [0]
 
-    def watched(self, image, **kwargs):
-        calls.append(Path(image).name)
-        if len(calls) == crash_at[0]:
-            raise RuntimeError("simulated crash")
-        return original(self, image, **kwargs)
+    def watched(segmenter, paths):
+        for path, label_map in zip(paths, original(segmenter, paths), strict=True):
+            calls.append(Path(path).name)
+            if len(calls) == crash_at[0]:
+                raise RuntimeError("simulated crash")
+            yield label_map
 
-    monkeypatch.setattr(Segmenter, "segment", watched)
+    monkeypatch.setattr(cli_evaluate, "label_maps", watched)
     records = tmp_path / "partial" / "rank-0.jsonl"
     assert evaluate(dataset_root, tmp_path, "--limit", "1") == 0
     assert load_metrics(tmp_path)["images"] == 1

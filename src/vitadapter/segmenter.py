@@ -21,8 +21,8 @@ from .config.presets import SEED_PRESET
 from .config.schema import Behaviour, ModelConfig, Precision
 from .errors import ConfigError
 from .pipeline.images import ChannelOrder, load_image
-from .pipeline.merge import merge_views
-from .pipeline.preprocess import augmented_views, preprocess
+from .pipeline.merge import LabelMap, merge_views
+from .pipeline.preprocess import View, augmented_views, preprocess
 from .pipeline.result import SegmentationResult
 from .pipeline.windows import run_windows
 
@@ -131,13 +131,21 @@ class Segmenter:
         rgb = load_image(image, channel_order=channel_order)
         cfg = self.config.inference
         views = augmented_views(rgb, cfg, self.tta if tta is None else tta)
-        slides = [run_windows(v, self.runner, cfg.crop_size, cfg.stride, self.batch_windows)
-                  for v in views]
-        merged = merge_views(slides)
+        merged = self._slide_merge(views)
         return SegmentationResult(
             label_map=merged.labels, class_names=self.class_names, palette=self.palette,
             confidence=merged.confidence, pixel_count=merged.pixel_count, image=rgb,
             model=self.name, seconds=time.perf_counter() - start)
+
+    def _slide_merge(self, views: list[View]) -> LabelMap:
+        """Slide windows and merge: on the runner's device when it has its own merge (the
+        PyTorch backend), else in numpy (ONNX)."""
+        cfg = self.config.inference
+        device_merge = getattr(self.runner, "slide_merge", None)
+        if device_merge is not None:
+            return device_merge(views, cfg.crop_size, cfg.stride, self.batch_windows)
+        return merge_views([run_windows(v, self.runner, cfg.crop_size, cfg.stride,
+                                        self.batch_windows) for v in views])
 
     def scores(self, image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
         """The averaged slide-inference class scores of the single-scale view, before the final

@@ -45,7 +45,11 @@ class ModelInfo:
 
 class CropRunner(Protocol):
     """A backend: runs a batch of normalised crops (N, 3, S, S) float32 to class scores
-    (N, C, S/4, S/4) float32 on ``device``."""
+    (N, C, S/4, S/4) float32 on ``device``.
+
+    A backend may also have ``slide_merge(views, crop, stride, batch_windows) -> LabelMap``
+    (the PyTorch one does): the Segmenter then leaves the windows and the merge to it, on its
+    device, instead of the numpy merge."""
 
     device: str
     info: ModelInfo

@@ -11,9 +11,12 @@ import torch
 from ..config.schema import Behaviour, Precision
 from ..modeling.build import ConfigLike, build_model
 from ..modeling.segmentor import SegmentationModel
+from ..pipeline.merge import LabelMap
+from ..pipeline.preprocess import View
 from ..weights.checkpoint import load_checkpoint
 from .base import ModelInfo
 from .precision import autocast, check_precision, prepare_model
+from .torch_merge import merge_on_device, run_windows_on_device
 
 
 def default_device() -> str:
@@ -53,7 +56,18 @@ class TorchRunner:
         return cls(model, precision, owns_model=True)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._device)
+        return self.forward(torch.from_numpy(np.ascontiguousarray(crops))).cpu().numpy()
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """Class scores of a crop batch, float32 on the runner's device."""
         with torch.inference_mode(), autocast(self.precision, self._device):
-            scores = self.model(batch)
-        return scores.float().cpu().numpy()
+            return self.model(crops.to(self._device)).float()
+
+    def slide_merge(self, views: Sequence[View], crop: tuple[int, int],
+                    stride: tuple[int, int], batch_windows: int = 1) -> LabelMap:
+        """Slide windows and merge of ``views`` on this runner's device (the numpy path's
+        labels, bit for bit: :mod:`.torch_merge`)."""
+        with torch.inference_mode():
+            slides = [run_windows_on_device(v, self.forward, self._device, crop, stride,
+                                            batch_windows) for v in views]
+            return merge_on_device(slides)

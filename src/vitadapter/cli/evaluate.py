@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import __version__
 from ..config.presets import PRESETS
@@ -15,6 +18,8 @@ from ..data.datasets import IGNORE_INDEX
 from ..errors import EvaluationError
 from ..evaluation import LAYOUTS, EvalDataset, open_dataset, run_evaluation
 from ..evaluation.report import format_tables, write_reports
+from ..segmenter import Segmenter
+from ..stream import segment_stream
 from .common import add_model_arguments, segmenter_from_args
 
 
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_evaluation(
             lambda path: segmenter.segment(path).label_map, dataset, settings=settings,
             out=args.out, resume=args.resume, limit=args.limit,
-            save_predictions=args.save_predictions, shard=shard, progress=not args.quiet)
+            save_predictions=args.save_predictions, shard=shard, progress=not args.quiet,
+            predict_stream=lambda paths: label_maps(segmenter, paths))
     finally:
         shard.close()
     if not shard.is_main:
@@ -92,6 +98,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.csv'}",
               file=sys.stderr)
     return 0
+
+
+def label_maps(segmenter: Segmenter, paths: list[Path]) -> Iterator[np.ndarray]:
+    """The label maps of ``paths`` through the pipelined stream (an unreadable image stops
+    the evaluation, as in the one-photo path)."""
+    for _, result in segment_stream(segmenter, paths):
+        if isinstance(result, Exception):
+            raise result
+        yield result.label_map
 
 
 def default_preset(dataset: EvalDataset) -> str:

@@ -6,16 +6,23 @@ import argparse
 import glob
 import json
 import logging
+import os
 import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..errors import ImageError, VitAdapterError
+from ..evaluation.loop import Shard
 from ..pipeline.result import SegmentationResult
 from ..progress import Progress
 from ..segmenter import Segmenter
+from ..stream import segment_stream
 from .common import add_model_arguments, add_onnx_argument, segmenter_from_args
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-legend", action="store_true", help="overlay without the legend")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip images whose four outputs already exist (resume a folder)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes decoding and preprocessing photos ahead of the model "
+                        "(default 0: one background thread)")
     p.set_defaults(run=run)
 
 
@@ -63,35 +73,85 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         raise VitAdapterError("no images found in " + " ".join(args.inputs))
     inputs = {job.source.resolve() for job in jobs}
-    if args.skip_existing:
-        todo = [j for j in jobs if not all(p.is_file() for p in j.outputs(out))]
-        if len(todo) < len(jobs):
-            logger.info("skipping %d image(s) already done", len(jobs) - len(todo))
-        jobs = todo
+    if args.workers < 0:
+        raise VitAdapterError(f"--workers must be 0 or more, got {args.workers}")
+    shard = Shard()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: a share of the photos each
+        from ..evaluation.distributed import shard_from_environment
 
-    failures: list[tuple[Path, str]] = []
-    done = 0
-    if jobs:
-        segmenter = segmenter_from_args(args)
-        with Progress(len(jobs), "segment") as bar:
-            for job in jobs:
-                try:
-                    clash = [p for p in job.outputs(out) if p.resolve() in inputs]
-                    if clash:
-                        raise VitAdapterError(f"would overwrite the input {clash[0]}; choose "
-                                              "another --out")
-                    result = segmenter.segment(job.source)
-                    write_outputs(result, job, out, args, segmenter)
-                    done += 1
-                except (ImageError, VitAdapterError, OSError) as exc:
-                    failures.append((job.source, str(exc)))
-                    print(f"error: {job.source}: {exc}", file=sys.stderr)
-                bar.advance(note=job.source.name)
-    print(f"segmented {done} image(s) into {out}" + (f"; {len(failures)} failed:" if failures
-                                                      else ""), file=sys.stderr)
+        shard, args.device = shard_from_environment(args.device)
+    try:
+        jobs = jobs[shard.rank::shard.world_size]  # before the skip: ranks agree on shares
+        if args.skip_existing:
+            todo = [j for j in jobs if not all(p.is_file() for p in j.outputs(out))]
+            if len(todo) < len(jobs):
+                logger.info("skipping %d image(s) already done", len(jobs) - len(todo))
+            jobs = todo
+        failures: list[tuple[Path, str]] = []
+        done = 0
+        if jobs:
+            segmenter = segmenter_from_args(args)
+            with Progress(len(jobs), "segment", enabled=shard.is_main) as bar:
+                for job, error in segment_jobs(segmenter, jobs, out, inputs, args):
+                    if error is None:
+                        done += 1
+                    else:
+                        failures.append((job.source, str(error)))
+                        print(f"error: {job.source}: {error}", file=sys.stderr)
+                    bar.advance(note=job.source.name)
+        done, failed = (int(v) for v in shard.sum(np.array([done, len(failures)])))
+    finally:
+        shard.close()
+    if shard.is_main:
+        print(f"segmented {done} image(s) into {out}" + (f"; {failed} failed:" if failed
+                                                          else ""), file=sys.stderr)
     for path, reason in failures:
         print(f"  {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def segment_jobs(segmenter: Segmenter, jobs: list[Job], out: Path, inputs: set[Path],
+                 args: argparse.Namespace) -> Iterator[tuple[Job, Exception | None]]:
+    """Each job with the error that stopped it, or None once its outputs are written: photos
+    prepared ahead (``--workers``), windows batched across photos (``--batch-windows``), the
+    files written by a background thread."""
+    runnable: list[tuple[Job, Path | None]] = []
+    clashing: list[tuple[Job, Path | None]] = []
+    for job in jobs:
+        clash = [p for p in job.outputs(out) if p.resolve() in inputs]
+        (clashing if clash else runnable).append((job, clash[0] if clash else None))
+    for job, path in clashing:
+        yield job, VitAdapterError(f"would overwrite the input {path}; choose another --out")
+    runnable_jobs = [job for job, _ in runnable]
+    writing: deque[tuple[Job, Future[None] | Exception]] = deque()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        stream = segment_stream(segmenter, [j.source for j in runnable_jobs],
+                                workers=args.workers)
+        for index, result in stream:
+            job = runnable_jobs[index]
+            writing.append((job, result if isinstance(result, Exception) else writer.submit(
+                write_outputs, result, job, out, args, segmenter)))
+            while len(writing) > WRITE_AHEAD or (writing and _ready(writing[0][1])):
+                yield _written(*writing.popleft())
+        while writing:
+            yield _written(*writing.popleft())
+
+
+WRITE_AHEAD = 4  # results held in memory while the writer catches up
+
+
+def _ready(pending: Future[None] | Exception) -> bool:
+    return isinstance(pending, Exception) or pending.done()
+
+
+def _written(job: Job, pending: Future[None] | Exception) -> tuple[Job, Exception | None]:
+    if isinstance(pending, Exception):
+        return job, pending
+    try:
+        pending.result()
+    except (ImageError, VitAdapterError, OSError) as exc:
+        return job, exc
+    return job, None
 
 
 def collect_jobs(inputs: list[str]) -> tuple[list[Job], list[Path]]:

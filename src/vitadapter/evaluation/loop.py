@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_DIR = "predictions"
 
 Predictor = Callable[[Path], np.ndarray]
+# Label maps of several images in order (a pipelined predictor: see vitadapter.stream)
+StreamPredictor = Callable[[list[Path]], Iterable[np.ndarray]]
 
 
 class Shard:
@@ -65,7 +67,8 @@ class EvalResult:
 def run_evaluation(predict: Predictor, dataset: EvalDataset, *, settings: dict[str, Any],
                    out: Path | None = None, resume: bool = False, limit: int | None = None,
                    save_predictions: bool = False, shard: Shard | None = None,
-                   progress: bool = True) -> EvalResult:
+                   progress: bool = True,
+                   predict_stream: StreamPredictor | None = None) -> EvalResult:
     """Evaluate the first ``limit`` images (all by default) of ``dataset``.
 
     With ``out``, every finished image is recorded under ``out/partial`` (with ``settings``,
@@ -73,6 +76,7 @@ def run_evaluation(predict: Predictor, dataset: EvalDataset, *, settings: dict[s
     the same settings instead of predicting them again. ``save_predictions`` writes each label
     map to ``out/predictions/<name>.png``. Under several processes each one predicts every
     ``world_size``-th remaining image and the areas are summed over the processes.
+    ``predict_stream``, when given, predicts this process's images in place of ``predict``.
     """
     start = time.monotonic()
     shard = shard or Shard()
@@ -98,8 +102,10 @@ def run_evaluation(predict: Predictor, dataset: EvalDataset, *, settings: dict[s
     label = "evaluate" if shard.world_size == 1 else f"evaluate (rank 0 of {shard.world_size})"
     try:
         with Progress(len(mine), label, enabled=progress and shard.is_main) as bar:
-            for sample in mine:
-                areas = _evaluate_image(predict, dataset, sample,
+            preds = (predict_stream([s.image for s in mine]) if predict_stream is not None
+                     else (predict(s.image) for s in mine))
+            for sample, pred in zip(mine, preds, strict=True):
+                areas = _evaluate_image(pred, dataset, sample,
                                         out if save_predictions else None)
                 if log is not None:
                     log.append(sample.name, areas)
@@ -127,9 +133,8 @@ def _earlier_records(out: Path | None, resume: bool, settings: dict[str, Any],
     return load_records(out, settings, num_classes)
 
 
-def _evaluate_image(predict: Predictor, dataset: EvalDataset, sample: Sample,
+def _evaluate_image(pred: np.ndarray, dataset: EvalDataset, sample: Sample,
                     save_to: Path | None) -> Areas:
-    pred = predict(sample.image)
     label = dataset.read_label(sample)
     if pred.shape != label.shape:
         raise DatasetError(f"image {sample.image} is {pred.shape[1]}x{pred.shape[0]} but its "

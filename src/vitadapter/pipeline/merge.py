@@ -6,6 +6,12 @@ window count (:meth:`SlideScores.canvas_rows`); the canvas cropped to the unpadd
 bilinearly resized to the photo's size, softmax over classes (flipped back for flipped views),
 averaged over views, argmax. All of it runs in bands of output rows, so a 12-megapixel photo
 never needs its ``classes x H x W`` score volume in memory. Numpy only.
+
+The softmax takes ``exp`` in float64 rounded to float32 (:func:`softmax`): float32 ``exp``
+differs between libraries in the last bit, the rounded float64 one does not, so the PyTorch
+merge (:mod:`vitadapter.backends.torch_merge`) reproduces these labels bit for bit. With one
+view the softmax is only evaluated where two classes' scores nearly tie (:func:`argmax_softmax`):
+elsewhere its argmax is provably the scores' argmax.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from .windows import SlideScores
 
 # Bytes of float64 temporaries a merge band may use.
 BAND_BYTES = 64 * 2**20
+# Scores further than this (times max(1, |top score|)) below the top one have a softmax
+# probability below the top one's by far more than float32 rounding: they cannot win or tie.
+TIE_MARGIN = 1e-5
 
 
 @dataclass
@@ -53,11 +62,15 @@ def merge_views(views: Sequence[SlideScores], band_rows: int | None = None) -> L
         stop = min(start + band_rows, height)
         bands = [_band_logits(slide, taps.rows(start, stop), width)
                  for slide, taps in zip(views, row_taps, strict=True)]
-        probs, posterior = softmax(bands[0], axis=0), _normalised(bands[0])
-        for logits in bands[1:]:
-            probs = probs + softmax(logits, axis=0)
-            posterior = posterior + _normalised(logits)
-        band_labels = (probs / np.float32(len(views)) if len(views) > 1 else probs).argmax(0)
+        posterior = _normalised(bands[0])
+        if len(bands) == 1:
+            band_labels = argmax_softmax(bands[0])
+        else:
+            probs = softmax(bands[0])
+            for logits in bands[1:]:
+                probs = probs + softmax(logits)
+                posterior = posterior + _normalised(logits)
+            band_labels = (probs / np.float32(len(views))).argmax(0)
         labels[start:stop] = band_labels
         winning = np.take_along_axis(posterior, band_labels[None], 0)[0] / len(views)
         confidence_sum += np.bincount(band_labels.ravel(), weights=winning.ravel(),
@@ -77,11 +90,34 @@ def _band_logits(slide: SlideScores, taps: LinearTaps, width: int) -> np.ndarray
 
 
 def _normalised(scores: np.ndarray) -> np.ndarray:
-    total = scores.sum(axis=0, keepdims=True)
-    return scores / np.maximum(total, np.float32(1e-12))
+    return scores / np.maximum(class_sum(scores), np.float32(1e-12))
 
 
-def softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
+def softmax(x: np.ndarray) -> np.ndarray:
+    """float32 softmax over the leading (class) axis with ``exp`` taken in float64 and rounded
+    (reproducible across libraries) and the sum in class order."""
+    shifted = x - x.max(axis=0, keepdims=True)
+    e = np.exp(shifted.astype(np.float64)).astype(np.float32)
+    e /= class_sum(e)
     return e
+
+
+def class_sum(x: np.ndarray) -> np.ndarray:
+    """The sum over the leading axis in index order (numpy's own order depends on the shape,
+    and with it the last bit; the torch merge sums in this order too)."""
+    total = x[0].copy()
+    for row in x[1:]:
+        total += row
+    return total
+
+
+def argmax_softmax(logits: np.ndarray) -> np.ndarray:
+    """``softmax(logits).argmax(0)`` for (C, ...) logits, the softmax only evaluated where
+    another class comes within :data:`TIE_MARGIN` of the top score."""
+    top = logits.max(0)
+    labels = logits.argmax(0)
+    margin = np.float32(TIE_MARGIN) * np.maximum(np.abs(top), np.float32(1))
+    near = (logits >= top - margin).sum(0) > 1
+    if near.any():
+        labels[near] = softmax(logits[:, near]).argmax(0)
+    return labels
