@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -253,6 +254,7 @@ def main() -> None:
             rows[mode] = run_case(__file__, str(checkpoint), mode, args.device,
                                   str(args.crop), str(out), *photo_arg)
             rows[mode].update(agreement(work / "fp32.npz", out))
+            print(mode, rows[mode], file=sys.stderr, flush=True)
     fp32 = rows["fp32"]["seconds"]
     print(f"\n{args.device}, crop {args.crop}, photo {photo.shape[1]}x{photo.shape[0]}, "
           f"fp32 answer: {rows['fp32']['classes']} classes\n")
