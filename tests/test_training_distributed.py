@@ -117,3 +117,23 @@ def test_resume_under_two_processes_continues_exactly(two_runs, data_root,  # no
     # A single process may not resume a 2-process run: its batches would differ.
     with pytest.raises(Exception, match=r"processes: 2 in the work dir, 1 now"):
         trainer(data_root, tmp_path / "work", batch_size=1, resume=True)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(data_root, tmp_path):  # noqa: F811
+    grads = []
+    for with_cp in (False, True):
+        made = trainer(data_root, tmp_path / str(with_cp), batch_size=1, iters=1,
+                       with_cp=with_cp)
+        assert made.model.backbone.blocks[0].with_cp is with_cp
+        assert made.model.backbone.interactions[0].extractor.with_cp is with_cp
+        made.run()
+        grads.append({n: p.grad for n, p in made.model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_precision_the_device_cannot_do_is_refused(data_root, tmp_path):  # noqa: F811
+    with pytest.raises(Exception, match=r"--precision fp16 needs a CUDA device"):
+        trainer(data_root, tmp_path, batch_size=1, precision="fp16", device="cpu")
