@@ -64,6 +64,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="data loading processes (default 2)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="autocast of the model's forward (default fp32); bf16 on GPUs and on "
+                        "CPUs with native bf16, fp16 (with a gradient scaler) on CUDA only; "
+                        "the deformable attention sampling and the losses stay fp32")
+    p.add_argument("--with-cp", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing of the ViT blocks and adapter interactions "
+                        "(less memory, ~30%% more compute; default: on for the large models)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow pickled objects beyond tensors in --init (files you trust)")
     p.set_defaults(run=run)
@@ -72,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # Options passed through to TrainSettings when given (None: the recipe's default there).
 _OPTIONAL = ("init", "iters", "batch_size", "crop", "lr", "weight_decay", "layer_decay",
              "warmup_iters", "drop_path", "num_points", "eval_interval", "save_interval",
-             "log_interval", "seed", "device", "num_workers")
+             "log_interval", "seed", "device", "num_workers", "precision", "with_cp")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.config or args.model or SEED_PRESET, resume=args.resume,
         trust_checkpoint=args.trust_checkpoint, **given)
     trainer = train(settings)
+    if trainer.rank:
+        return 0
     print(f"trained {trainer.iteration} iterations; weights: "
           f"{args.work_dir / 'latest.safetensors'}")
     return 0

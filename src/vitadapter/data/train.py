@@ -6,6 +6,10 @@ batch may straddle two epochs). Each sample's augmentation draws from a generato
 ``(seed, epoch, index)``. Batch ``i`` is therefore a function of (seed, batch size, dataset,
 i) alone: the same under any number of workers or processes, and a resumed run continues with
 exactly the batches it would have seen.
+
+Under ``W`` processes (``torchrun``) the stream is cut into global batches of ``W * B`` and
+rank ``r`` takes positions ``r * B .. (r + 1) * B - 1`` of each: ``W`` processes with batch
+``B`` see the samples (and augmentations) of one process with batch ``W * B``.
 """
 
 from __future__ import annotations
@@ -43,28 +47,33 @@ def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(size)
 
 
-def batch_keys(seed: int, size: int, batch_size: int, iteration: int) -> list[Key]:
-    """The (epoch, index) keys of batch ``iteration``."""
+def batch_keys(seed: int, size: int, batch_size: int, iteration: int, rank: int = 0,
+               world_size: int = 1) -> list[Key]:
+    """The (epoch, index) keys of batch ``iteration`` of process ``rank`` of ``world_size``."""
     keys = []
-    for position in range(iteration * batch_size, (iteration + 1) * batch_size):
+    first = (iteration * world_size + rank) * batch_size
+    for position in range(first, first + batch_size):
         epoch, offset = divmod(position, size)
         keys.append((epoch, int(epoch_order(seed, epoch, size)[offset])))
     return keys
 
 
 class BatchOrder(Sampler[list[Key]]):
-    """The batches from ``start`` to ``stop`` (exclusive), as lists of keys."""
+    """The batches from ``start`` to ``stop`` (exclusive) of one process, as lists of keys."""
 
-    def __init__(self, seed: int, size: int, batch_size: int, start: int, stop: int) -> None:
+    def __init__(self, seed: int, size: int, batch_size: int, start: int, stop: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.seed, self.size, self.batch_size = seed, size, batch_size
         self.start, self.stop = start, stop
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return max(self.stop - self.start, 0)
 
     def __iter__(self) -> Iterator[list[Key]]:
         for iteration in range(self.start, self.stop):
-            yield batch_keys(self.seed, self.size, self.batch_size, iteration)
+            yield batch_keys(self.seed, self.size, self.batch_size, iteration, self.rank,
+                             self.world_size)
 
 
 class TrainDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -101,9 +110,10 @@ class TrainDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def train_loader(dataset: TrainDataset, batch_size: int, start: int, stop: int,
-                 num_workers: int = 0) -> DataLoader:
-    """Batches ``start .. stop - 1``: images (B, 3, S, S) float32, labels (B, S, S) int64."""
-    order = BatchOrder(dataset.seed, len(dataset), batch_size, start, stop)
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches ``start .. stop - 1`` of process ``rank``: images (B, 3, S, S) float32, labels
+    (B, S, S) int64."""
+    order = BatchOrder(dataset.seed, len(dataset), batch_size, start, stop, rank, world_size)
     # Its own generator: creating the loader must not draw from the global torch RNG, which
     # the training step's randomness (drop path) uses and a resumed run restores.
     return DataLoader(dataset, batch_sampler=order, num_workers=num_workers,

@@ -11,6 +11,7 @@ from torch import nn
 from ..config.schema import BackboneConfig, Behaviour
 from .backbones.beit import Block, DropPath, PatchEmbed
 from .deform_attn import MSDeformAttn
+from .layers import maybe_checkpoint
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -101,8 +102,11 @@ class AdapterAttention(nn.Module):
     """``MSDA(LN(query), LN(feat))``, shared by the injector and the extractor.
 
     With the ModelScope behaviour the normalised query is added to the result, as mmcv's
-    ``MultiScaleDeformableAttention`` does when called with ``identity=None``.
+    ``MultiScaleDeformableAttention`` does when called with ``identity=None``. ``with_cp``:
+    gradient checkpointing of the injector/extractor in training (set by the trainer).
     """
+
+    with_cp = False
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour, num_levels: int) -> None:
         super().__init__()
@@ -129,6 +133,10 @@ class Injector(AdapterAttention):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor,
                 shapes: Shapes) -> torch.Tensor:
+        return maybe_checkpoint(self.with_cp, self._forward, x, c, ref, shapes)
+
+    def _forward(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor,
+                 shapes: Shapes) -> torch.Tensor:
         return x + self.gamma * self.attend(x, c, ref, shapes)
 
 
@@ -148,6 +156,10 @@ class Extractor(AdapterAttention):
 
     def forward(self, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, shapes: Shapes,
                 height: int, width: int) -> torch.Tensor:
+        return maybe_checkpoint(self.with_cp, self._forward, c, x, ref, shapes, height, width)
+
+    def _forward(self, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, shapes: Shapes,
+                 height: int, width: int) -> torch.Tensor:
         c = c + self.attend(c, x, ref, shapes)
         if self.ffn is not None:
             c = c + self.drop_path(self.ffn(self.ffn_norm(c), height, width))

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # Rows per block of a long FFN input (see FFN.forward).
 _FFN_ROWS = 2048
+
+
+def maybe_checkpoint(enabled: bool, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``; with ``enabled`` and gradients on, its activations are recomputed
+    in backward instead of kept (``torch.utils.checkpoint``, non-reentrant; the RNG state is
+    replayed, so drop path draws the same)."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(function, *args, use_reentrant=False)
+    return function(*args)
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .matcher import HungarianMatcher, MatcherConfig
-from .point_sampling import PointSource, RandomPoints, point_sample, uncertain_points
+from .point_sampling import PointSource, RandomPoints, SamplePoints, point_sample, uncertain_points
 
 # mmdet divides by (avg_factor + this) to avoid dividing by zero.
 _AVG_EPS = torch.finfo(torch.float32).eps
@@ -58,10 +58,11 @@ def _mean_across_processes(value: torch.Tensor) -> torch.Tensor:
 
 class Mask2FormerLoss:
     """Deep-supervised Mask2Former loss; ``draw`` is the point source (see
-    :mod:`vitadapter.training.point_sampling`) used for every random point."""
+    :mod:`vitadapter.training.point_sampling`) used for every random point: one for the batch
+    (the official draw order), or :class:`SamplePoints` (one per image)."""
 
     def __init__(self, config: Mask2FormerLossConfig | None = None,
-                 draw: PointSource | None = None) -> None:
+                 draw: PointSource | SamplePoints | None = None) -> None:
         self.config = config or Mask2FormerLossConfig()
         self.matcher = HungarianMatcher(self.config.matcher)
         self.draw = draw if draw is not None else RandomPoints()
@@ -86,7 +87,21 @@ class Mask2FormerLoss:
               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(query indices, gt indices) for every image of one prediction set."""
         return [self.matcher(cls_logits[b], mask_logits[b], gt_labels[b], gt_masks[b],
-                             self.draw) for b in range(cls_logits.shape[0])]
+                             self._source(b)) for b in range(cls_logits.shape[0])]
+
+    def _source(self, image: int) -> PointSource:
+        return self.draw.for_sample(image) if isinstance(self.draw, SamplePoints) else self.draw
+
+    def _points(self, preds: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The loss points of ``preds`` (the matched masks of the batch, ``counts[b]`` of
+        image b): drawn for the batch at once, or per image with per-sample sources."""
+        cfg = self.config
+        sample = (cfg.num_points, cfg.oversample_ratio, cfg.importance_ratio)
+        if not isinstance(self.draw, SamplePoints):
+            return uncertain_points(preds, *sample, self.draw)
+        parts = preds.split(counts)
+        return torch.cat([uncertain_points(part, *sample, self.draw.for_sample(b))
+                          for b, part in enumerate(parts) if len(part)])
 
     def single_set(self, cls_logits: torch.Tensor, mask_logits: torch.Tensor,
                    gt_labels: Sequence[torch.Tensor], gt_masks: Sequence[torch.Tensor]
@@ -103,8 +118,7 @@ class Mask2FormerLoss:
             zero = preds.sum()
             return {"loss_cls": loss_cls, "loss_mask": zero, "loss_dice": zero}
         targets = torch.cat([gt_masks[b][g] for b, (_, g) in enumerate(matches)])
-        points = uncertain_points(preds, cfg.num_points, cfg.oversample_ratio,
-                                  cfg.importance_ratio, self.draw)
+        points = self._points(preds, [len(queries) for queries, _ in matches])
         with torch.no_grad():
             target_points = point_sample(targets.unsqueeze(1).to(preds.dtype), points)[:, 0]
         pred_points = point_sample(preds.unsqueeze(1), points)[:, 0]

@@ -8,14 +8,21 @@ loss draws, per prediction set and in this order: one (1, P, 2) tensor per image
 matcher, then the (G, P * oversample, 2) candidates and the (G, P - k, 2) random points of
 :func:`uncertain_points` (G = matched masks of the batch). That is the official ``torch.rand``
 call order, so the reference's ``rand_call_order`` replays one to one.
+
+:class:`SamplePoints` instead gives every image of the batch its own source, seeded by its
+sample's (seed, epoch, index); the loss then draws per image (the matcher's points, then that
+image's candidates and random points). The draws of a sample then depend neither on the batch
+it sits in nor on the process that holds it, so W processes with batch B train as one process
+with batch W * B.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +44,31 @@ class RandomPoints:
             return torch.rand(shape, device=device)
         draw = torch.rand(shape, generator=self.generator, device=self.generator.device)
         return draw.to(device)
+
+
+_POINT_STREAM = 2  # generator key part of the loss's points (the data uses 0 and 1)
+
+
+class SamplePoints:
+    """One :class:`RandomPoints` per image of the batch, seeded by its sample's key;
+    :meth:`start_batch` with the batch's (epoch, index) keys before each loss call."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._sources: list[RandomPoints] = []
+
+    def start_batch(self, keys: Sequence[tuple[int, int]]) -> None:
+        self._sources = []
+        for epoch, index in keys:
+            key = np.random.default_rng([self.seed, _POINT_STREAM, epoch, index])
+            generator = torch.Generator().manual_seed(int(key.integers(2**63)))
+            self._sources.append(RandomPoints(generator))
+
+    def for_sample(self, image: int) -> PointSource:
+        if image >= len(self._sources):
+            raise RuntimeError(f"no point source for image {image}: call start_batch with the "
+                               "keys of the batch first")
+        return self._sources[image]
 
 
 class ReplayPoints:

@@ -5,15 +5,21 @@ The work dir holds ``config.json`` (the model as trained, readable by ``segment 
 iteration, RNG states, data order; ``torch.load(weights_only=True)``), ``log.jsonl`` (one record
 per logged iteration, one per evaluation), ``best.safetensors`` (best val mIoU) and
 ``curves.png`` (with matplotlib). Every file is written to a temporary name, then renamed.
+
+Under ``torchrun`` every process trains its shard of each global batch (see
+:mod:`vitadapter.data.train`) with DistributedDataParallel and batch norms over all processes;
+rank 0 alone logs and writes the work dir, and every rank resumes from the same files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,29 +27,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ..backends.precision import cpu_has_fast_bf16
 from ..config.schema import ModelConfig
 from ..data.custom import CustomLayout
 from ..data.datasets import EvalDataset
-from ..data.train import TrainDataset, open_split, train_loader
+from ..data.train import TrainDataset, batch_keys, open_split, train_loader
 from ..data.transforms import TrainPipelineConfig
 from ..errors import ConfigError, DatasetError, TrainingError
+from ..modeling.adapter import AdapterAttention
+from ..modeling.backbones.beit import Block
 from ..modeling.build import build_model, resolve_config
 from ..modeling.segmentor import SegmentationModel, checkpoint_filter
 from ..pipeline.classes import DATASETS, generated_palette
 from ..weights.checkpoint import load_checkpoint
 from ..weights.safetensors import save_safetensors
-from .criterion import criterion_for
+from .criterion import Criterion, criterion_for
+from .distributed import gather_objects, join_processes, mean_over_processes, sync_batchnorms
 from .init import initialize
 from .param_groups import layer_decay_param_groups
-from .point_sampling import RandomPoints
+from .point_sampling import SamplePoints
 from .schedule import PolySchedule, PolyScheduleConfig
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE, LATEST, BEST = "config.json", "latest.safetensors", "best.safetensors"
 STATE_FILE, LOG_FILE, CURVES = "train_state.pt", "log.jsonl", "curves.png"
-STATE_VERSION = 1
+STATE_VERSION = 2
+TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -75,10 +88,16 @@ class TrainSettings:
     num_workers: int = 2
     resume: bool = False
     trust_checkpoint: bool = False
+    # fp32, or autocast of the model's forward to bf16 / fp16 (with a gradient scaler).
+    precision: str = "fp32"
+    # Gradient checkpointing of the ViT blocks and adapter interactions; None: on for the
+    # large models (embed_dim >= 1024), as the official configs.
+    with_cp: bool | None = None
     # Settings that may differ between a run and its resumption.
     RESUMABLE: tuple[str, ...] = field(default=("work_dir", "init", "eval_interval",
                                                 "save_interval", "log_interval", "device",
-                                                "num_workers", "resume", "trust_checkpoint"),
+                                                "num_workers", "resume", "trust_checkpoint",
+                                                "with_cp"),
                                        repr=False)
 
     def run_identity(self) -> dict[str, Any]:
@@ -142,8 +161,52 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device`` (None: fp32); refuses what the
+    device cannot do."""
+    if precision not in TRAIN_PRECISIONS:
+        raise TrainingError(f"--precision {precision}: choose one of "
+                            f"{', '.join(TRAIN_PRECISIONS)}")
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise TrainingError("--precision fp16 needs a CUDA device (fp16 with a gradient "
+                                "scaler); on CPU use bf16 or fp32")
+        return torch.float16
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise TrainingError("--precision bf16: this GPU has no bf16; use fp16 or fp32")
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            logger.warning("--precision bf16: this CPU has no native bf16 (AMX), so bf16 "
+                           "autocast runs emulated and slower than fp32")
+        return torch.bfloat16
+    return None
+
+
+def set_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Gradient checkpointing of every ViT block, injector and extractor of ``model``."""
+    for module in model.modules():
+        if isinstance(module, Block | AdapterAttention):
+            module.with_cp = enabled
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated on the GPU (CUDA), else peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class LossModule(nn.Module):
+    """The model and its criterion as one module: DistributedDataParallel wraps the forward
+    whose loss is differentiated."""
+
+    def __init__(self, model: SegmentationModel, criterion: Criterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.criterion(self.model, images, labels)
 
 
 class Trainer:
@@ -168,7 +231,9 @@ class Trainer:
         dataset_name = (self.train_data.layout.classes if self.train_data.layout.name != "custom"
                         else "custom")
         self.config = training_config(base, s, len(self.classes.names), dataset_name)
-        self.device = torch.device(s.device or _default_device())
+        self.shard, self.device = join_processes(s.device)
+        self.rank, self.world_size = self.shard.rank, self.shard.world_size
+        dtype = autocast_dtype(s.precision, self.device)
         saved = self._read_state() if s.resume else None
 
         torch.manual_seed(s.seed)
@@ -178,8 +243,19 @@ class Trainer:
             initialize(self.model, s.init, trust_checkpoint=s.trust_checkpoint)
         elif saved is None:
             logger.warning("no --init: training from random weights")
-        self.points = torch.Generator().manual_seed(s.seed)
-        self.criterion = criterion_for(self.model, RandomPoints(self.points), s.num_points)
+        if self.world_size > 1:
+            sync_batchnorms(self.model, self.device)
+        large = self.config.backbone.embed_dim >= 1024
+        self.with_cp = s.with_cp if s.with_cp is not None else large
+        set_checkpointing(self.model, self.with_cp)
+        # Per-rank stream for drop path (the model above is the same on every rank).
+        torch.manual_seed(s.seed + 1_000_003 * self.rank)
+        self.points = SamplePoints(s.seed)
+        self.criterion = criterion_for(
+            self.model, self.points, s.num_points,
+            autocast=(lambda: torch.autocast(self.device.type, dtype)) if dtype else
+            contextlib.nullcontext)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         groups = layer_decay_param_groups(self.model, s.lr, s.weight_decay, s.layer_decay,
                                           self.config.backbone.depth)
         self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999),
@@ -194,7 +270,13 @@ class Trainer:
         self.best_miou = -1.0
         if saved is not None:
             self._restore(saved)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.shard.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.loss_module: nn.Module = LossModule(self.model, self.criterion)
+        if self.world_size > 1:
+            self.loss_module = DistributedDataParallel(
+                self.loss_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -218,6 +300,9 @@ class Trainer:
         theirs = state["settings"]
         differences = [f"{k}: {theirs.get(k)!r} in the work dir, {ours.get(k)!r} now"
                        for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+        if state.get("world_size", 1) != self.world_size:
+            differences.insert(0, f"processes: {state.get('world_size', 1)} in the work dir, "
+                                  f"{self.world_size} now (the batches depend on it)")
         if state["model_config"] != json.loads(json.dumps(self.config.to_dict())):
             differences.insert(0, f"model: {state['model_config']['name']} (its config) in the "
                                   "work dir differs from the one asked for now")
@@ -240,11 +325,13 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.points.set_state(state["points_rng"])
-        self._truncate_log(self.iteration)
+        torch.set_rng_state(state["torch_rng"][self.rank])
+        if self.device.type == "cuda" and state["cuda_rng"][self.rank] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"][self.rank], self.device)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.shard.is_main:
+            self._truncate_log(self.iteration)
         logger.info("resumed %s at iteration %d", self.work_dir, self.iteration)
 
     def _truncate_log(self, iteration: int) -> None:
@@ -263,7 +350,15 @@ class Trainer:
         _atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
 
     def save(self, best: bool = False) -> None:
-        """Write config.json, latest.safetensors and the training state (and best)."""
+        """Write config.json, latest.safetensors and the training state (and best); every
+        process calls it (the RNG states of all are saved), rank 0 writes."""
+        rng = gather_objects((torch.get_rng_state(),
+                              torch.cuda.get_rng_state(self.device)
+                              if self.device.type == "cuda" else None)) if not best else []
+        if not self.shard.is_main:
+            if not best:  # the files are complete for every rank when save returns
+                self.shard.barrier()
+            return
         config = {**self.config.to_dict(), "classes": self.classes.names,
                   "palette": self.classes.palette}
         _atomic_write(self.work_dir / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
@@ -280,10 +375,9 @@ class Trainer:
             "settings": self.settings.run_identity(),
             "model_config": json.loads(json.dumps(self.config.to_dict())),
             "optimizer": self.optimizer.state_dict(), "best_miou": self.best_miou,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": (torch.cuda.get_rng_state(self.device)
-                         if self.device.type == "cuda" else None),
-            "points_rng": self.points.get_state(),
+            "world_size": self.world_size,
+            "torch_rng": [cpu for cpu, _ in rng], "cuda_rng": [cuda for _, cuda in rng],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "data_order": {"seed": self.settings.seed, "dataset_size": len(self.dataset),
                            "batch_size": self.settings.batch_size,
                            "next_batch": self.iteration},
@@ -291,18 +385,24 @@ class Trainer:
         tmp = self.work_dir / (STATE_FILE + ".partial")
         torch.save(state, tmp)
         os.replace(tmp, self.work_dir / STATE_FILE)
+        self.shard.barrier()
 
     # -- loop ---------------------------------------------------------------------------------
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch; returns the loss terms and their total."""
+        """One optimisation step on this process's batch of iteration ``self.iteration``;
+        returns the loss terms and their total."""
+        s = self.settings
         self.schedule.apply(self.optimizer, self.iteration)
-        losses = self.criterion(self.model, images.to(self.device), labels.to(self.device))
+        self.points.start_batch(batch_keys(s.seed, len(self.dataset), s.batch_size,
+                                           self.iteration, self.rank, self.world_size))
+        losses = self.loss_module(images.to(self.device), labels.to(self.device))
         total = sum(losses.values())
         assert isinstance(total, torch.Tensor)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.iteration += 1
         values = {k: float(v.detach()) for k, v in losses.items()}
         values["loss"] = float(total.detach())
@@ -317,7 +417,8 @@ class Trainer:
         s = self.settings
         stop = min(until or s.iters, s.iters)
         self.model.train()
-        loader = train_loader(self.dataset, s.batch_size, self.iteration, stop, s.num_workers)
+        loader = train_loader(self.dataset, s.batch_size, self.iteration, stop, s.num_workers,
+                              self.rank, self.world_size)
         window: list[dict[str, float]] = []
         tick = time.monotonic()
         try:
@@ -334,19 +435,32 @@ class Trainer:
                 if done % s.save_interval == 0 or done == stop:
                     self.save()
         except KeyboardInterrupt:
+            if self.world_size > 1:  # the others may be gone: no collective save
+                logger.info("interrupted at iteration %d; %s holds the last periodic save",
+                            self.iteration, self.work_dir)
+                raise
             self.save()
             logger.info("interrupted: saved iteration %d in %s", self.iteration, self.work_dir)
             raise
-        self.plot()
+        if self.shard.is_main:
+            self.plot()
 
     def _log(self, window: list[dict[str, float]], seconds: float) -> None:
+        """One record for the window (loss terms averaged over it and over the processes)."""
         mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+        peak = peak_memory_mb(self.device)
+        mean["_peak"] = peak
+        mean = mean_over_processes(mean, self.device)
+        if not self.shard.is_main:
+            return
+        mean.pop("_peak")
         lr = max(g["lr"] for g in self.optimizer.param_groups)
         eta = seconds * (self.settings.iters - self.iteration)
+        images = self.settings.batch_size * self.world_size
         record = {"iter": self.iteration, "loss": mean.pop("loss"), **mean, "lr": lr,
-                  "s_per_iter": seconds, "eta_s": eta,
-                  "max_mem_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20
-                                 if self.device.type == "cuda" else None)}
+                  "s_per_iter": seconds, "eta_s": eta, "images_per_s": images / seconds,
+                  "peak_mem_mb": peak,
+                  "peak_mem_mb_per_image": peak / self.settings.batch_size}
         self._append(record)
         kinds = {kind: sum(v for k, v in mean.items() if k.endswith(kind))
                  for kind in ("loss_cls", "loss_mask", "loss_dice")}
@@ -370,10 +484,14 @@ class Trainer:
         segmenter = Segmenter.from_model(self.model)
         try:
             result = run_evaluation(lambda path: segmenter.segment(path).label_map,
-                                    self.val_data, settings={}, progress=False)
+                                    self.val_data, settings={}, progress=False,
+                                    shard=self.shard)
         finally:
             self.model.train()
         metrics = result.metrics
+        if not self.shard.is_main:
+            self.best_miou = max(self.best_miou, metrics.miou)
+            return metrics.miou
         record = {"iter": self.iteration, "mode": "val", "mIoU": metrics.miou,
                   "mAcc": metrics.macc, "aAcc": metrics.all_acc, "images": result.images}
         self._append(record)
@@ -392,7 +510,11 @@ class Trainer:
 
 
 def train(settings: TrainSettings) -> Trainer:
-    """Train as ``settings`` say; returns the finished trainer."""
+    """Train as ``settings`` say (one process of several under ``torchrun``); returns the
+    finished trainer."""
     trainer = Trainer(settings)
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        trainer.shard.close()
     return trainer

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import use_reference
+from ..layers import maybe_checkpoint
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -187,7 +188,10 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``)."""
+    """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``);
+    ``with_cp``: gradient checkpointing in training (set by the trainer)."""
+
+    with_cp = False
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: tuple[int, int],
                  qkv_bias: bool, use_rel_pos_bias: bool, init_values: float | None,
@@ -207,6 +211,9 @@ class Block(nn.Module):
             self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return maybe_checkpoint(self.with_cp, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gamma_1 is None:
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,139 @@
+"""``vitadapter train`` over 2 gloo processes on CPU (tiny model, 64px crops, 2 iterations):
+the ranks hold the same weights after every step, 2 processes x batch 1 train as 1 process x
+batch 2, and a run interrupted after 1 iteration resumes under 2 processes to the same weights.
+Augmentation is off (resize ratio 1: every image keeps all its classes) so that the class loss,
+normalised per process as the official code does, has the same weights in both layouts."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytest.importorskip("scipy")
+
+from vitadapter.training.trainer import LATEST, LOG_FILE, STATE_FILE, Trainer
+
+from .conftest import free_port
+from .test_training_run import data_root, settings  # noqa: F401  (data_root: a fixture)
+
+COMMON = {"iters": 2, "drop_path": 0.0, "lr": 1e-4}
+
+
+def trainer(root: Path, work: Path, **changes) -> Trainer:
+    made = Trainer(settings(root, work, **{**COMMON, **changes}))
+    made.dataset.pipeline = replace(made.pipeline, ratio_range=(1.0, 1.0))
+    return made
+
+
+def weights(made: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in made.model.state_dict().items()}
+
+
+def worker(rank: int, port: int, root: Path, out: Path, resume: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    work = out / "work"
+    if resume:
+        trainer(root, work, batch_size=1).run(until=1)
+        made = trainer(root, work, batch_size=1, resume=True)
+        made.run()
+        torch.save(weights(made), out / f"rank{rank}-step2.pt")
+    else:
+        made = trainer(root, work, batch_size=1)
+        for step in (1, 2):
+            made.run(until=step)
+            torch.save(weights(made), out / f"rank{rank}-step{step}.pt")
+    dist.destroy_process_group()
+
+
+def two_processes(root: Path, out: Path, resume: bool = False) -> None:
+    mp.start_processes(worker, args=(free_port(), root, out, resume), nprocs=2, join=True,
+                       start_method="spawn")
+
+
+@pytest.fixture(scope="module")
+def two_runs(data_root, tmp_path_factory) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("ddp")
+    two_processes(data_root, out)
+    return out
+
+
+def test_ranks_agree_and_equal_one_process_with_the_whole_batch(two_runs, data_root,  # noqa: F811
+                                                                 tmp_path):
+    for step in (1, 2):
+        rank0 = torch.load(two_runs / f"rank0-step{step}.pt", weights_only=True)
+        rank1 = torch.load(two_runs / f"rank1-step{step}.pt", weights_only=True)
+        for key in rank0:
+            assert torch.equal(rank0[key], rank1[key]), (step, key)
+    single = trainer(data_root, tmp_path, batch_size=2)
+    start = weights(single)
+    single.run(until=1)
+    # Adam turns float noise in a gradient that is exactly zero in exact arithmetic (biases
+    # before a BatchNorm, the key bias of attention) into steps of size lr: leave those out.
+    grads = {n: p.grad.abs() for n, p in single.model.named_parameters() if p.grad is not None}
+    scale = max(g.max().item() for g in grads.values())
+    live = {n: g > 1e-6 * scale for n, g in grads.items()}
+    single.run()
+    ours = weights(single)
+    moved = max((ours[k].float() - start[k].float()).abs().max().item() for k in ours)
+    assert moved > 1e-4
+    assert sum(int(m.sum()) for m in live.values()) > 0.9 * sum(m.numel() for m in live.values())
+    bad = sorted(((ours[k] - rank0[k]).abs()[live[k]].max().item(), k) for k in live
+                 if live[k].any())[-5:]
+    assert bad[-1][0] < 2e-6, "\n".join(map(str, bad))
+    # (Per-process BatchNorm statistics would make every backbone weight differ here; the
+    # running means are left out: they follow the biases before the norms, Adam-noise above.)
+    # Rank 0 alone logs (once per iteration, losses averaged over the processes) and writes.
+    records = [json.loads(x) for x in (two_runs / "work" / LOG_FILE).read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1, 2]
+    assert records[0]["peak_mem_mb"] > 0 and records[0]["images_per_s"] > 0
+    single_log = [json.loads(x) for x in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert records[0]["loss"] == pytest.approx(single_log[0]["loss"], rel=1e-5)
+    state = torch.load(two_runs / "work" / STATE_FILE, weights_only=True)
+    assert state["world_size"] == 2 and len(state["torch_rng"]) == 2
+    assert not [p for p in (two_runs / "work").iterdir() if p.name.endswith(".partial")]
+
+
+def test_resume_under_two_processes_continues_exactly(two_runs, data_root,  # noqa: F811
+                                                      tmp_path):
+    two_processes(data_root, tmp_path, resume=True)
+    straight = torch.load(two_runs / "rank0-step2.pt", weights_only=True)
+    for rank in (0, 1):
+        resumed = torch.load(tmp_path / f"rank{rank}-step2.pt", weights_only=True)
+        for key in straight:
+            assert torch.equal(straight[key], resumed[key]), (rank, key)
+    from vitadapter.weights.safetensors import load_safetensors
+
+    _, metadata = load_safetensors(tmp_path / "work" / LATEST)
+    assert metadata["iteration"] == "2"
+    # A single process may not resume a 2-process run: its batches would differ.
+    with pytest.raises(Exception, match=r"processes: 2 in the work dir, 1 now"):
+        trainer(data_root, tmp_path / "work", batch_size=1, resume=True)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(data_root, tmp_path):  # noqa: F811
+    grads = []
+    for with_cp in (False, True):
+        made = trainer(data_root, tmp_path / str(with_cp), batch_size=1, iters=1,
+                       with_cp=with_cp)
+        assert made.model.backbone.blocks[0].with_cp is with_cp
+        assert made.model.backbone.interactions[0].extractor.with_cp is with_cp
+        made.run()
+        grads.append({n: p.grad for n, p in made.model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_precision_the_device_cannot_do_is_refused(data_root, tmp_path):  # noqa: F811
+    with pytest.raises(Exception, match=r"--precision fp16 needs a CUDA device"):
+        trainer(data_root, tmp_path, batch_size=1, precision="fp16", device="cpu")
