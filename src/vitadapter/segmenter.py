@@ -133,7 +133,7 @@ class Segmenter:
         views = augmented_views(rgb, cfg, self.tta if tta is None else tta)
         slides = [run_windows(v, self.runner, cfg.crop_size, cfg.stride, self.batch_windows)
                   for v in views]
-        merged = merge_views(slides)
+        merged = merge_views(slides, logits=self.config.head.kind == "upernet")
         return SegmentationResult(
             label_map=merged.labels, class_names=self.class_names, palette=self.palette,
             confidence=merged.confidence, pixel_count=merged.pixel_count, image=rgb,
