@@ -78,3 +78,19 @@ def test_preset_names_say_backbone_head_and_crop(name):
     assert cfg.weights_url and cfg.weights_url.startswith(
         "https://github.com/czczup/ViT-Adapter/releases/download/v0.")
     assert "mIoU" in cfg.description
+
+
+def test_presets_command_prints_a_table(capsys):
+    from vitadapter.cli import main
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "dataset", "head", "params", "crop", "mIoU"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(rows) == set(PRESETS)
+    # The official #Param of these releases: 36M, 364M, 571M.
+    assert rows["ade20k-deit-adapter-t-upernet-512"] == ["ade20k", "upernet", "36M", "512",
+                                                         "42.6"]
+    assert rows["ade20k-augreg-adapter-l-upernet-512"][2] == "364M"
+    assert rows["cocostuff164k-beit-adapter-l-m2f-896"] == ["coco-stuff164k", "mask2former",
+                                                            "571M", "896", "51.7"]
