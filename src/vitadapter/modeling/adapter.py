@@ -225,7 +225,8 @@ class ViTAdapter(nn.Module):
         x, height, width = self.patch_embed(x)
         batch, _, dim = x.shape
         if self.pos_embed is not None:
-            x = x + resize_pos_embed(self.pos_embed, height, width)
+            side = self.cfg.img_size // self.cfg.patch_size
+            x = x + resize_pos_embed(self.pos_embed, side, height, width)
         cls = None if self.cls_token is None else self.cls_token.expand(batch, -1, -1)
         outs = []
         for layer, (first, last) in zip(self.interactions, self.cfg.interaction_indexes,

@@ -11,12 +11,12 @@ from ...ops import use_reference
 from .beit import Mlp
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The ``(1, 1 + g*g, C)`` embedding learned on a ``g x g`` grid, without its class-token
-    slot, bicubically resized (align_corners False) to ``height x width``: ``(1, H*W, C)``."""
-    grid = pos_embed[:, 1:]
-    side = round((grid.shape[1]) ** 0.5)
-    grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+def resize_pos_embed(pos_embed: torch.Tensor, side: int, height: int,
+                     width: int) -> torch.Tensor:
+    """The ``(1, 1 + side*side, C)`` embedding learned on a ``side x side`` grid, without its
+    class-token slot, bicubically resized (align_corners False) to ``height x width``:
+    ``(1, H*W, C)``."""
+    grid = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
     return grid.flatten(2).transpose(1, 2)
 

@@ -33,12 +33,41 @@ def _upsample(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tens
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def pooling_matrix(size: int, bins: int, dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    """``(bins, size)`` weights of adaptive average pooling along one axis: bin ``i`` averages
+    indexes ``floor(i*size/bins)`` to ``ceil((i+1)*size/bins)`` (PyTorch's bins)."""
+    weights = torch.zeros(bins, size, dtype=dtype, device=device)
+    for i in range(bins):
+        start, stop = (i * size) // bins, -((-(i + 1) * size) // bins)
+        weights[i, start:stop] = 1.0 / (stop - start)
+    return weights
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``adaptive_avg_pool2d``; while exporting to ONNX (which has no adaptive pooling for
+    sizes that are not multiples of the output) the same bins as two small matrix products."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return F.adaptive_avg_pool2d(x, self.scale)
+        # The export fixes the crop size: the bins are constants of the graph.
+        rows = pooling_matrix(int(x.shape[-2]), self.scale, x.dtype, x.device)
+        cols = pooling_matrix(int(x.shape[-1]), self.scale, x.dtype, x.device)
+        pooled = F.linear(x, cols)  # (B, C, H, scale)
+        return F.linear(pooled.transpose(-1, -2), rows).transpose(-1, -2)
+
+
 class PoolingBranch(nn.Sequential):
     """One pyramid-pooling branch: adaptive average pool to ``scale`` x ``scale``, 1x1 conv
     (named ``psp_modules.<i>.1.*`` as in mmseg, where index 0 is the parameter-free pool)."""
 
     def __init__(self, scale: int, in_channels: int, channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(scale), ConvBNReLU(in_channels, channels, 1))
+        super().__init__(AdaptiveAvgPool(scale), ConvBNReLU(in_channels, channels, 1))
 
 
 @dataclass
