@@ -15,6 +15,7 @@ import json
 import time
 
 from bench_common import PRESET, peak_rss_gib, run_case
+from crop_forward import count_flops
 
 DEFAULT_PRESETS = (
     "ade20k-deit-adapter-t-upernet-512",    # small: ViT-Adapter-T + UperNet
@@ -70,13 +71,14 @@ def main() -> None:
               "--threads", str(args.threads)]
     rows = [run_case(__file__, preset, *common) for preset in args.presets]
     base = next((r["seconds"] for r in rows if r["preset"] == PRESET), None)
-    print(f"| preset | head | crop | params | seconds / photo ({args.size}) | "
+    print(f"| preset | head | crop | params | TFLOP / crop | seconds / photo ({args.size}) | "
           "vs BEiT-L M2F | peak RSS GiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['seconds'] / base:.3f}x" if base else "-"
         print(f"| {r['preset']} | {r['head']} | {r['crop']} | {r['params_m']:.0f}M | "
-              f"{r['seconds']:.1f} | {ratio} | {r['peak_rss_gib']:.2f} |")
+              f"{count_flops(r['preset']) / 1e12:.2f} | {r['seconds']:.1f} | {ratio} | "
+              f"{r['peak_rss_gib']:.2f} |")
 
 
 if __name__ == "__main__":
