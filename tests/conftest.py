@@ -16,6 +16,8 @@ REFERENCE = DATA / "reference"
 CHECKPOINT = REFERENCE / "checkpoint.pth"
 PHOTO = REFERENCE / "input.png"
 SETS = ("tiny-upstream", "tiny-modelscope")
+# UperNet sets: the plain-ViT adapter (ADE20K classes) and the BEiT adapter (COCO-Stuff).
+UPERNET_SETS = ("tiny-vit-adapter-upernet", "tiny-beit-adapter-upernet")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -71,6 +73,17 @@ def tiny_models() -> dict[str, torch.nn.Module]:
     for name in SETS:
         model = build_model(set_config(name), device="meta")
         load_checkpoint(model, CHECKPOINT)
+        models[name] = model
+    return models
+
+
+@pytest.fixture(scope="session")
+def upernet_models() -> dict[str, torch.nn.Module]:
+    """The UperNet reference models with their own checkpoints loaded."""
+    models = {}
+    for name in UPERNET_SETS:
+        model = build_model(set_config(name), device="meta")
+        load_checkpoint(model, REFERENCE / name / "checkpoint.pth")
         models[name] = model
     return models
 

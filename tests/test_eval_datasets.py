@@ -42,6 +42,8 @@ def test_coco_stuff_raw_ids_are_mmseg_mapping():
     ("coco-stuff164k-raw", [0, 12, 181, 255], [0, 11, 170, 255]),
     ("ade20k", [0, 1, 150, 255], [255, 0, 149, 255]),
     ("cityscapes", [0, 18, 255], [0, 18, 255]),
+    ("coco-stuff10k", [0, 1, 171, 255], [255, 0, 170, 255]),
+    ("pascal-context-59", [0, 1, 59, 255], [255, 0, 58, 255]),
 ])
 def test_label_values_become_train_ids(tmp_path, dataset, stored, train_ids):
     path = tmp_path / "label.png"
@@ -52,7 +54,7 @@ def test_label_values_become_train_ids(tmp_path, dataset, stored, train_ids):
 
 @pytest.mark.parametrize(("dataset", "bad"), [
     ("coco-stuff164k", 171), ("coco-stuff164k-raw", 11), ("coco-stuff164k-raw", 182),
-    ("ade20k", 151), ("cityscapes", 19),
+    ("ade20k", 151), ("cityscapes", 19), ("coco-stuff10k", 172), ("pascal-context-59", 60),
 ])
 def test_label_value_out_of_range_names_file_and_value(tmp_path, dataset, bad):
     path = tmp_path / "frame_0042.png"
@@ -134,3 +136,35 @@ def test_image_without_annotation_is_named(tmp_path):
                                            r"expected .*000000000285_labelTrainIds.png "
                                            r"\(and 1 more images without one\)"):
         open_dataset(tmp_path, "coco-stuff164k")
+
+
+def test_pascal_context_reads_the_split_file_in_its_order(tmp_path):
+    voc = tmp_path / "VOC2010"
+    for stem in ["2008_000002", "2008_000008", "2008_000001"]:  # 0001 is not in val
+        save(voc / "JPEGImages" / f"{stem}.jpg", np.zeros((4, 4, 3), np.uint8))
+        save(voc / "SegmentationClassContext" / f"{stem}.png", np.full((4, 4), 59, np.uint8))
+    split = voc / "ImageSets/SegmentationContext/val.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("2008_000008\n2008_000002\n\n")
+    data = open_dataset(voc, "pascal-context-59", "val")
+    assert [s.name for s in data.samples] == ["2008_000008", "2008_000002"]
+    assert data.read_label(data.samples[0]).tolist() == np.full((4, 4), 58).tolist()
+    assert data.class_names[0] == "aeroplane" and data.num_classes == 59
+    split.write_text("2008_000008\n2008_000009\n")
+    with pytest.raises(DatasetError, match=r"JPEGImages/2008_000009.jpg listed in the split "
+                                           r"file is missing"):
+        open_dataset(voc, "pascal-context-59", "val")
+    with pytest.raises(DatasetError, match=r"split file .*SegmentationContext/train.txt not "
+                                           r"found"):
+        open_dataset(voc, "pascal-context-59", "train")
+
+
+def test_coco_stuff10k_val_is_the_test2014_split(tmp_path):
+    stem = "COCO_train2014_000000000077"
+    save(tmp_path / "images/test2014" / f"{stem}.jpg", np.zeros((4, 4, 3), np.uint8))
+    save(tmp_path / "annotations/test2014" / f"{stem}_labelTrainIds.png",
+         np.array([[0, 1, 171, 255]], np.uint8))
+    data = open_dataset(tmp_path, "coco-stuff10k", "val")
+    assert data.split == "test2014" and [s.name for s in data.samples] == [stem]
+    assert data.read_label(data.samples[0]).tolist() == [[255, 0, 170, 255]]
+    assert data.class_names == COCO_STUFF_CLASSES

@@ -287,3 +287,23 @@ def test_segment_onnx_refuses_a_precision(exported, tmp_path, capsys):
     assert main(["segment", str(PHOTO), "--onnx", str(exported["tiny-upstream"]),
                  "--precision", "int8", "--out", str(tmp_path)]) == 2
     assert "--onnx takes the model from the file; drop --precision" in capsys.readouterr().err
+
+
+def test_vit_adapter_upernet_exports_and_matches_pytorch(upernet_models, tmp_path):
+    """The plain-ViT adapter (bicubic pos_embed resize) with UperNet (pyramid pooling to bins
+    that do not divide the 4x4 map): onnxruntime equals PyTorch, and the Segmenter on the file
+    gives the official label map."""
+    name = "tiny-vit-adapter-upernet"
+    path = export_onnx(upernet_models[name], tmp_path / "vit.onnx", weights="checkpoint.pth")
+    batch = crops(2, seed=1)
+    with torch.inference_mode(), reference_path():
+        reference = upernet_models[name](torch.from_numpy(batch)).numpy()
+    scores = OnnxRunner.load(path)(batch)
+    assert scores.shape == (2, 150, 32, 32)
+    assert relative_error(scores, reference) < 1e-4
+    segmenter = Segmenter.from_onnx(path)
+    assert segmenter.config == upernet_models[name].config
+    result = segmenter(PHOTO)
+    assert_official_labels(result.label_map, name)
+    present = result.pixel_count > 0
+    assert ((result.confidence[present] > 1 / 150) & (result.confidence[present] <= 1)).all()

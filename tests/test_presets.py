@@ -16,8 +16,18 @@ from .conftest import REFERENCE
 # Manifests (key, shape, dtype of an official model built from its config) by preset.
 MANIFESTS = {
     "cocostuff164k-beit-adapter-l-m2f-896": "manifest-beit-adapter-l-m2f-cocostuff164k-896.json",
+    "ade20k-deit-adapter-t-upernet-512": "manifest-upernet_deit_adapter_tiny_512_160k_ade20k.json",
+    "ade20k-augreg-adapter-l-upernet-512":
+        "manifest-upernet_augreg_adapter_large_512_160k_ade20k.json",
+    "ade20k-beit-adapter-l-upernet-640":
+        "manifest-upernet_beit_adapter_large_640_160k_ade20k_ss.json",
+    "cocostuff10k-beit-adapter-b-m2f-512":
+        "manifest-mask2former_beit_adapter_base_512_40k_cocostuff10k_ss.json",
+    "pascalcontext59-beit-adapter-l-m2f-480":
+        "manifest-mask2former_beit_adapter_large_480_40k_pascal_context_59_ss.json",
 }
-NUM_CLASSES = {"coco-stuff164k": 171, "ade20k": 150, "cityscapes": 19}
+NUM_CLASSES = {"coco-stuff164k": 171, "coco-stuff10k": 171, "ade20k": 150, "cityscapes": 19,
+               "pascal-context-59": 59}
 
 
 def manifest(name: str) -> dict:
@@ -29,8 +39,10 @@ def test_preset_builds_with_its_dataset_classes(name):
     cfg = PRESETS[name]
     model = build_model(name, device="meta")
     assert model.num_classes == NUM_CLASSES[cfg.dataset] == cfg.num_classes
-    size = cfg.backbone.img_size
+    size = cfg.inference.crop_size[0]
     assert tuple(cfg.inference.crop_size) == (size, size)
+    if cfg.backbone.kind == "beit":
+        assert size == cfg.backbone.img_size
     with torch.no_grad():
         scores = model(torch.empty(1, 3, size, size, device="meta"))
     assert scores.shape == (1, cfg.num_classes, size // 4, size // 4)
@@ -50,3 +62,35 @@ def test_preset_state_dict_equals_the_official_manifest(name):
 
 def test_every_manifest_names_a_registered_preset():
     assert set(MANIFESTS) <= set(PRESETS)
+
+
+def test_every_manifest_file_is_used():
+    files = {f.name for f in (REFERENCE / "manifests").glob("manifest-*.json")}
+    assert files == set(MANIFESTS.values())
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_names_say_backbone_head_and_crop(name):
+    cfg = PRESETS[name]
+    head = "upernet" if cfg.head.kind == "upernet" else "m2f"
+    assert name.endswith(f"-{head}-{cfg.inference.crop_size[0]}")
+    assert ("beit" in name) == (cfg.backbone.kind == "beit")
+    assert cfg.weights_url and cfg.weights_url.startswith(
+        "https://github.com/czczup/ViT-Adapter/releases/download/v0.")
+    assert "mIoU" in cfg.description
+
+
+def test_presets_command_prints_a_table(capsys):
+    from vitadapter.cli import main
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "dataset", "head", "params", "crop", "mIoU"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(rows) == set(PRESETS)
+    # The official #Param of these releases: 36M, 364M, 571M.
+    assert rows["ade20k-deit-adapter-t-upernet-512"] == ["ade20k", "upernet", "36M", "512",
+                                                         "42.6"]
+    assert rows["ade20k-augreg-adapter-l-upernet-512"][2] == "364M"
+    assert rows["cocostuff164k-beit-adapter-l-m2f-896"] == ["coco-stuff164k", "mask2former",
+                                                            "571M", "896", "51.7"]

@@ -145,7 +145,8 @@ class Segmenter:
         if device_merge is not None:
             return device_merge(views, cfg.crop_size, cfg.stride, self.batch_windows)
         return merge_views([run_windows(v, self.runner, cfg.crop_size, cfg.stride,
-                                        self.batch_windows) for v in views])
+                                        self.batch_windows) for v in views],
+                           logits=self.config.head.kind == "upernet")
 
     def scores(self, image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
         """The averaged slide-inference class scores of the single-scale view, before the final

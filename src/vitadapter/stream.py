@@ -136,14 +136,15 @@ class _Windows:
         return list(np.asarray(self.runner(batch), dtype=np.float32))
 
     def merge(self, photo: _Photo) -> LabelMap:
+        logits = self.runner.info.config.head.kind == "upernet"  # class logits, not scores
         if self.forward is not None:
             import torch
 
             from .backends.torch_merge import merge_on_device
 
             with torch.inference_mode():
-                return merge_on_device(photo.slides)
-        return merge_views(photo.slides)
+                return merge_on_device(photo.slides, logits=logits)
+        return merge_views(photo.slides, logits=logits)
 
 
 def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int = 0,

@@ -70,4 +70,4 @@ class TorchRunner:
         with torch.inference_mode():
             slides = [run_windows_on_device(v, self.forward, self._device, crop, stride,
                                             batch_windows) for v in views]
-            return merge_on_device(slides)
+            return merge_on_device(slides, logits=self.info.config.head.kind == "upernet")

@@ -96,8 +96,10 @@ def run_windows_on_device(view: View, forward: Callable[[torch.Tensor], torch.Te
     return DeviceSlide(view, windows, scores, crop)
 
 
-def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None) -> LabelMap:
-    """:func:`~vitadapter.pipeline.merge.merge_views` on the slides' device."""
+def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None, *,
+                    logits: bool = False) -> LabelMap:
+    """:func:`~vitadapter.pipeline.merge.merge_views` on the slides' device (``logits``: the
+    scores are class logits, as UperNet's, and the posterior is their softmax)."""
     height, width = slides[0].view.original_shape
     num_classes, device = slides[0].num_classes, slides[0].device
     budget = CUDA_BAND_BYTES if device.type == "cuda" else BAND_BYTES
@@ -110,13 +112,14 @@ def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None)
     for start in range(0, height, band_rows):
         stop = min(start + band_rows, height)
         one_view = _one_view_band(slides[0], row_taps[0].rows(start, stop), width, budget) \
-            if len(slides) == 1 else None
+            if len(slides) == 1 and not logits else None
         if one_view is not None:
             band_labels, winning = one_view
         else:
             band_labels, winning = _views_band(
                 [_band_logits(s, t.rows(start, stop), width)
-                 for s, t in zip(slides, row_taps, strict=True)])
+                 for s, t in zip(slides, row_taps, strict=True)],
+                softmax if logits else _normalised)
         labels[start:stop] = band_labels
         flat = band_labels.flatten()
         confidence_sum += torch.bincount(flat, weights=winning.flatten().double(),
@@ -145,12 +148,14 @@ def _band_logits(slide: DeviceSlide, taps: Taps, width: int) -> torch.Tensor:
     return logits.flip(-1) if slide.view.flipped else logits
 
 
-def _views_band(bands: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and winning posteriors of a band from every view's resized logits."""
-    probs, posterior = softmax(bands[0]), _normalised(bands[0])
-    for logits in bands[1:]:
-        probs = probs + softmax(logits)
-        posterior = posterior + _normalised(logits)
+def _views_band(bands: list[torch.Tensor],
+                posterior_of: Callable[[torch.Tensor], torch.Tensor],
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and winning posteriors of a band from every view's resized scores."""
+    probs, posterior = softmax(bands[0]), posterior_of(bands[0])
+    for scores in bands[1:]:
+        probs = probs + softmax(scores)
+        posterior = posterior + posterior_of(scores)
     labels = (probs / float(len(bands))).argmax(0)
     return labels, posterior.gather(0, labels[None])[0] / len(bands)
 

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError("give the weights to export with --checkpoint (or --allow-random "
                           "to export random weights, e.g. for benchmarks)")
     cfg = resolve_config(args.config or args.model or SEED_PRESET, args.behaviour)
-    if args.crop is not None and args.crop != cfg.backbone.img_size:
+    if args.crop is not None and args.crop != cfg.inference.crop_size[0]:
         cfg = with_crop(cfg, args.crop)
     start = time.perf_counter()
     if args.checkpoint is not None:
@@ -77,10 +77,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def with_crop(cfg: ModelConfig, crop: int) -> ModelConfig:
-    """The config for another crop size (the checkpoint's relative position tables must fit
-    it); the slide stride is capped at the crop."""
+    """The config for another crop size (a BEiT checkpoint's relative position tables must fit
+    it; a plain ViT resizes its position embedding to any crop); the slide stride is capped at
+    the crop."""
     inference = cfg.inference
     stride = (min(inference.stride[0], crop), min(inference.stride[1], crop))
+    backbone = cfg.backbone
+    if backbone.kind == "beit":
+        backbone = dataclasses.replace(backbone, img_size=crop)
     return cfg.replace(
-        backbone=dataclasses.replace(cfg.backbone, img_size=crop),
+        backbone=backbone,
         inference=dataclasses.replace(inference, crop_size=(crop, crop), stride=stride))

@@ -8,12 +8,14 @@ or refused with an error naming it: nothing is ignored silently.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
 from .fields import FieldReader
 from .schema import (
+    AuxiliaryHeadConfig,
     BackboneConfig,
     Behaviour,
     HeadConfig,
@@ -21,6 +23,7 @@ from .schema import (
     ModelConfig,
     PixelDecoderConfig,
     TransformerDecoderConfig,
+    UperNetConfig,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -36,27 +39,48 @@ def _one(cfgs: Any, where: str) -> Mapping[str, Any]:
 
 
 def _parse_backbone(f: FieldReader) -> BackboneConfig:
-    f.expect("type", "BEiTAdapter")
+    kind = f.require("type")
+    if kind not in ("BEiTAdapter", "ViTAdapter"):
+        raise ConfigError(f"unsupported value {kind!r} for '{f.path('type')}' "
+                          "(supported: 'BEiTAdapter', 'ViTAdapter')")
     f.ignore("drop_path_rate", "drop_rate", "attn_drop_rate", "with_cp", "pretrained",
-             "pretrain_size", "init_cfg", "use_checkpoint", "out_indices", "num_classes")
-    f.expect("use_abs_pos_emb", False)
-    f.expect("use_shared_rel_pos_bias", False)
+             "init_cfg", "use_checkpoint", "out_indices", "num_classes")
     f.expect("qk_scale", None)
     f.expect("attn_head_dim", None)
-    f.expect("window_attn", False, None)
-    f.expect("window_size", None)
     d = BackboneConfig()
+    depth = int(f.take("depth", d.depth))
+    if kind == "BEiTAdapter":
+        f.ignore("pretrain_size")
+        f.expect("use_abs_pos_emb", False)
+        f.expect("use_shared_rel_pos_bias", False)
+        f.expect("window_attn", False, None)
+        f.expect("window_size", None)
+        extra: dict[str, Any] = {
+            "kind": "beit", "img_size": int(f.take("img_size", d.img_size)),
+            "use_rel_pos_bias": bool(f.take("use_rel_pos_bias", d.use_rel_pos_bias)),
+            "init_values": f.take("init_values", d.init_values),
+        }
+    else:  # the official ViTAdapter's defaults (TIMMVisionTransformer + adapter)
+        img_size = int(f.take("img_size", 224))
+        pretrain = int(f.take("pretrain_size", 224))
+        if pretrain != img_size:
+            raise ConfigError(
+                f"'{f.path('pretrain_size')}' ({pretrain}) must equal '{f.path('img_size')}' "
+                f"({img_size}): the pos_embed has img_size/16 positions per side and is read "
+                "on the pretrain_size/16 grid")
+        f.expect("window_attn", False, None, [False] * depth)
+        f.expect("window_size", None, 14, [None] * depth)
+        extra = {"kind": "vit", "img_size": img_size, "use_rel_pos_bias": False,
+                 "init_values": f.take("init_values", 0.0),
+                 "layer_scale": bool(f.take("layer_scale", True))}
     cfg = BackboneConfig(
-        img_size=int(f.take("img_size", d.img_size)),
         patch_size=int(f.take("patch_size", d.patch_size)),
         in_channels=int(f.take("in_chans", d.in_channels)),
         embed_dim=int(f.take("embed_dim", d.embed_dim)),
-        depth=int(f.take("depth", d.depth)),
+        depth=depth,
         num_heads=int(f.take("num_heads", d.num_heads)),
         mlp_ratio=float(f.take("mlp_ratio", d.mlp_ratio)),
         qkv_bias=bool(f.take("qkv_bias", d.qkv_bias)),
-        use_rel_pos_bias=bool(f.take("use_rel_pos_bias", d.use_rel_pos_bias)),
-        init_values=f.take("init_values", d.init_values),
         conv_inplane=int(f.take("conv_inplane", d.conv_inplane)),
         n_points=int(f.take("n_points", d.n_points)),
         deform_num_heads=int(f.take("deform_num_heads", d.deform_num_heads)),
@@ -68,6 +92,7 @@ def _parse_backbone(f: FieldReader) -> BackboneConfig:
         interaction_indexes=tuple(
             (int(a), int(b)) for a, b in f.take("interaction_indexes", d.interaction_indexes)
         ),
+        **extra,
     )
     f.done()
     return cfg
@@ -218,6 +243,58 @@ def _parse_head(f: FieldReader) -> HeadConfig:
     )
 
 
+def _parse_conv_head_common(f: FieldReader) -> None:
+    """Fields every mmseg conv head shares that either match ours or only matter for training."""
+    norm = f.sub("norm_cfg", required=False)
+    norm.expect("type", "SyncBN", "BN")
+    norm.ignore("requires_grad")
+    norm.done()
+    act = f.sub("act_cfg", required=False)
+    act.expect("type", "ReLU")
+    act.ignore("inplace")
+    act.done()
+    f.expect("align_corners", False)
+    f.expect("conv_cfg", None)
+    f.ignore("loss_decode", "ignore_index", "sampler", "init_cfg", "out_channels", "threshold")
+
+
+def _parse_upernet(f: FieldReader) -> UperNetConfig:
+    f.expect("type", "UPerHead")
+    f.expect("input_transform", "multiple_select")
+    _parse_conv_head_common(f)
+    in_channels = tuple(int(c) for c in f.require("in_channels"))
+    in_index = list(f.take("in_index", range(len(in_channels))))
+    if in_index != list(range(len(in_channels))):
+        raise ConfigError(f"unsupported value {in_index!r} for '{f.path('in_index')}'")
+    d = UperNetConfig()
+    cfg = UperNetConfig(
+        in_channels=in_channels, channels=int(f.require("channels")),
+        pool_scales=tuple(int(s) for s in f.take("pool_scales", d.pool_scales)),
+        num_classes=int(f.require("num_classes")),
+        dropout_ratio=float(f.take("dropout_ratio", d.dropout_ratio)), auxiliary=None)
+    f.done()
+    return cfg
+
+
+def _parse_fcn_head(f: FieldReader) -> AuxiliaryHeadConfig:
+    f.expect("type", "FCNHead")
+    f.expect("input_transform", None)
+    f.expect("kernel_size", 3)
+    f.expect("dilation", 1)
+    d = AuxiliaryHeadConfig()
+    loss = f.take("loss_decode") or {}
+    _parse_conv_head_common(f)
+    cfg = AuxiliaryHeadConfig(
+        in_channels=int(f.require("in_channels")), channels=int(f.require("channels")),
+        in_index=int(f.take("in_index", -1)), num_convs=int(f.take("num_convs", 2)),
+        concat_input=bool(f.take("concat_input", True)),
+        num_classes=int(f.require("num_classes")),
+        dropout_ratio=float(f.take("dropout_ratio", d.dropout_ratio)),
+        loss_weight=float(loss.get("loss_weight", 1.0)) if isinstance(loss, Mapping) else 1.0)
+    f.done()
+    return cfg
+
+
 def _parse_test_cfg(f: FieldReader) -> dict[str, Any]:
     f.expect("mode", "slide")
     out = {"crop_size": tuple(f.require("crop_size")), "stride": tuple(f.require("stride"))}
@@ -315,10 +392,20 @@ def config_from_official(data: Mapping[str, Any], *, name: str = "custom",
         top = FieldReader(data, "")
 
     model = top.sub("model")
-    model.expect("type", "EncoderDecoderMask2Former", "EncoderDecoderMask2FormerAug")
+    model_type = model.require("type")
     model.ignore("pretrained", "train_cfg", "init_cfg", "neck")
     backbone = _parse_backbone(model.sub("backbone"))
-    head = _parse_head(model.sub("decode_head"))
+    head: HeadConfig | UperNetConfig
+    if model_type == "EncoderDecoder":
+        head = _parse_upernet(model.sub("decode_head"))
+        if "auxiliary_head" in _model_data(data):
+            aux = _parse_fcn_head(model.sub("auxiliary_head"))
+            head = dataclasses.replace(head, auxiliary=aux)
+    elif model_type in ("EncoderDecoderMask2Former", "EncoderDecoderMask2FormerAug"):
+        head = _parse_head(model.sub("decode_head"))
+    else:
+        raise ConfigError(f"unsupported value {model_type!r} for 'model.type' (supported: "
+                          "'EncoderDecoder' with UPerHead, 'EncoderDecoderMask2Former')")
     test_cfg = model.take("test_cfg") or top.take("test_cfg")
     model.done()
 
@@ -344,7 +431,13 @@ def config_from_official(data: Mapping[str, Any], *, name: str = "custom",
                        behaviour=behaviour or "official")
 
 
+def _model_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    model = data.get("model", {})
+    return model if isinstance(model, Mapping) else {}
+
+
 def _canonical_dataset(name: str) -> str:
-    return {"coco-stuff164k": "coco-stuff164k", "cocostuff164k": "coco-stuff164k"}.get(name, name)
+    return {"cocostuff164k": "coco-stuff164k", "cocostuff10k": "coco-stuff10k",
+            "pascal-context59": "pascal-context-59"}.get(name, name)
 
 

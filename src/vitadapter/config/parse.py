@@ -13,12 +13,15 @@ from ..errors import ConfigError
 from .fields import FieldReader
 from .mmcv import config_from_official
 from .schema import (
+    HEAD_KINDS,
+    AuxiliaryHeadConfig,
     BackboneConfig,
     HeadConfig,
     InferenceConfig,
     ModelConfig,
     PixelDecoderConfig,
     TransformerDecoderConfig,
+    UperNetConfig,
 )
 
 
@@ -39,12 +42,30 @@ def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
         if key in data:
             kwargs[key] = _dataclass_from(cls, f.sub(key))
     if "head" in data:
-        hf = f.sub("head")
-        pixel = _dataclass_from(PixelDecoderConfig, hf.sub("pixel_decoder", required=False))
-        decoder = _dataclass_from(TransformerDecoderConfig, hf.sub("decoder", required=False))
-        kwargs["head"] = _dataclass_from(HeadConfig, hf, pixel_decoder=pixel, decoder=decoder)
+        kwargs["head"] = _head_from(f.sub("head"))
     f.done()
     return ModelConfig(**kwargs)
+
+
+def _head_from(f: FieldReader) -> HeadConfig | UperNetConfig:
+    """The head, by its ``kind`` (files written before UperNet have none: Mask2Former)."""
+    kind = f.take("kind", "mask2former")
+    if kind == "upernet":
+        aux = f.take("auxiliary", dataclasses.MISSING)
+        extra = {}
+        if aux is None or aux is dataclasses.MISSING:
+            extra["auxiliary"] = None if aux is None else AuxiliaryHeadConfig()
+        else:
+            extra["auxiliary"] = _dataclass_from(AuxiliaryHeadConfig,
+                                                 FieldReader(aux, f.path("auxiliary")))
+        return _dataclass_from(UperNetConfig, f, **extra)
+    if kind != "mask2former":
+        raise ConfigError(f"unknown head kind {kind!r} at '{f.path('kind')}' "
+                          f"(supported: {', '.join(HEAD_KINDS)})")
+    pixel = _dataclass_from(PixelDecoderConfig, f.sub("pixel_decoder", required=False))
+    decoder = _dataclass_from(TransformerDecoderConfig, f.sub("decoder", required=False))
+    return _dataclass_from(HeadConfig, f, pixel_decoder=pixel,
+                           decoder=decoder)
 
 
 def _dataclass_from(cls: type, f: FieldReader, **extra: Any) -> Any:

@@ -1,9 +1,12 @@
 """Typed configuration of the model family and its test-time pipeline.
 
-Every hyperparameter of a BEiT-Adapter + Mask2Former model lives in one of the frozen dataclasses
-below, with the cross-field checks the architecture relies on. This module imports nothing of
-the project but its errors: presets (:mod:`.presets`) are instances of :class:`ModelConfig`, and
-the readers of config files live in :mod:`.parse` (our JSON) and :mod:`.mmcv` (official configs).
+Every hyperparameter of a ViT-Adapter segmentation model lives in one of the frozen dataclasses
+below, with the cross-field checks the architecture relies on. The backbone's ``kind`` says which
+ViT the adapter wraps (BEiT or a plain DeiT/AugReg ViT); the head is a :class:`HeadConfig`
+(Mask2Former) or an :class:`UperNetConfig`, told apart by their ``kind`` field. This module
+imports nothing of the project but its errors: presets (:mod:`.presets`) are instances of
+:class:`ModelConfig`, and the readers of config files live in :mod:`.parse` (our JSON) and
+:mod:`.mmcv` (official configs).
 """
 
 from __future__ import annotations
@@ -19,12 +22,22 @@ BEHAVIOURS: tuple[str, ...] = get_args(Behaviour)
 # Numeric precision of the PyTorch backend (see vitadapter.backends.precision).
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# "beit": BEiT blocks (q/v bias, relative position bias, cls token in the interactions);
+# "vit": timm-style plain ViT (fused qkv bias, absolute pos_embed, no cls token).
+BackboneKind = Literal["beit", "vit"]
+BACKBONE_KINDS: tuple[str, ...] = get_args(BackboneKind)
+HeadKind = Literal["mask2former", "upernet"]
+HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """BEiT ViT with the ViT-Adapter (spatial prior, injectors, extractors)."""
+    """A ViT (``kind``: BEiT or plain) with the ViT-Adapter (spatial prior, injectors,
+    extractors)."""
 
+    kind: BackboneKind = "beit"
+    # BEiT: the crop its relative position tables are sized for. Plain ViT: the pretraining
+    # size, whose img_size/16 grid the absolute pos_embed was learned on (resized per input).
     img_size: int = 896
     patch_size: int = 16
     in_channels: int = 3
@@ -34,8 +47,11 @@ class BackboneConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     use_rel_pos_bias: bool = True
-    # Layer-scale init value; None or 0 means the blocks have no gamma_1/gamma_2.
+    # Layer-scale init value (BEiT blocks and the injectors); None or 0 means the BEiT blocks
+    # have no gamma_1/gamma_2.
     init_values: float | None = 1e-6
+    # Plain ViT only: whether the blocks have layer scale (gamma1/gamma2).
+    layer_scale: bool = True
     norm_eps: float = 1e-6
     conv_inplane: int = 64
     n_points: int = 4
@@ -86,6 +102,7 @@ class TransformerDecoderConfig:
 class HeadConfig:
     """Mask2Former semantic-segmentation head."""
 
+    kind: Literal["mask2former"] = "mask2former"
     in_channels: tuple[int, ...] = (1024, 1024, 1024, 1024)
     feat_channels: int = 1024
     out_channels: int = 1024
@@ -100,6 +117,35 @@ class HeadConfig:
     @property
     def num_classes(self) -> int:
         return self.num_things_classes + self.num_stuff_classes
+
+
+@dataclass(frozen=True)
+class AuxiliaryHeadConfig:
+    """mmseg's FCNHead on one backbone level: a training-only auxiliary loss (in the released
+    UperNet checkpoints, unused at inference)."""
+
+    in_channels: int = 1024
+    channels: int = 256
+    in_index: int = 2
+    num_convs: int = 1
+    concat_input: bool = False
+    num_classes: int = 150
+    dropout_ratio: float = 0.1
+    loss_weight: float = 0.4
+
+
+@dataclass(frozen=True)
+class UperNetConfig:
+    """mmseg 0.x UPerHead: pyramid pooling on the last level, FPN, fused bottleneck, logits at
+    1/4; with the auxiliary FCNHead of the released checkpoints."""
+
+    kind: Literal["upernet"] = "upernet"
+    in_channels: tuple[int, ...] = (1024, 1024, 1024, 1024)
+    channels: int = 512
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
+    num_classes: int = 150
+    dropout_ratio: float = 0.1
+    auxiliary: AuxiliaryHeadConfig | None = field(default_factory=AuxiliaryHeadConfig)
 
 
 @dataclass(frozen=True)
@@ -125,7 +171,7 @@ class ModelConfig:
 
     name: str = "custom"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
+    head: HeadConfig | UperNetConfig = field(default_factory=HeadConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     # "official": Injector x + gamma*MSDA, Extractor c + MSDA (czczup/ViT-Adapter).
     # "modelscope": both also add the normalised query back (ModelScope's mmcv identity quirk).
@@ -149,25 +195,62 @@ class ModelConfig:
         """A copy with some top-level fields changed (e.g. ``behaviour="modelscope"``)."""
         return dataclasses.replace(self, **changes)
 
+    def with_num_classes(self, num_classes: int) -> ModelConfig:
+        """A copy predicting ``num_classes`` classes (for fine-tuning on other classes)."""
+        head: HeadConfig | UperNetConfig
+        if isinstance(self.head, UperNetConfig):
+            aux = self.head.auxiliary
+            head = dataclasses.replace(
+                self.head, num_classes=num_classes,
+                auxiliary=None if aux is None else dataclasses.replace(aux,
+                                                                      num_classes=num_classes))
+        else:
+            head = dataclasses.replace(self.head, num_things_classes=num_classes,
+                                       num_stuff_classes=0)
+        return self.replace(head=head)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def validate(cfg: ModelConfig) -> None:
     """Check the cross-field constraints the architecture relies on."""
-    b, h = cfg.backbone, cfg.head
-    if b.img_size % 32 or b.patch_size != 16:
+    _validate_backbone(cfg.backbone, cfg.inference)
+    h = cfg.head
+    if len(h.in_channels) != 4 or any(c != cfg.backbone.embed_dim for c in h.in_channels):
         raise ConfigError(
-            f"backbone.img_size must be a multiple of 32 with patch_size 16 "
+            f"decode_head.in_channels must be four times the backbone embed_dim "
+            f"({cfg.backbone.embed_dim}), got {list(h.in_channels)}"
+        )
+    if isinstance(h, UperNetConfig):
+        _validate_upernet(h, cfg.backbone)
+    else:
+        _validate_mask2former(h)
+
+
+def _validate_backbone(b: BackboneConfig, inference: InferenceConfig) -> None:
+    if b.kind not in BACKBONE_KINDS:
+        raise ConfigError(
+            f"backbone.kind must be one of {', '.join(BACKBONE_KINDS)}, got {b.kind!r}"
+        )
+    if b.img_size % 16 or b.patch_size != 16:
+        raise ConfigError(
+            f"backbone.img_size must be a multiple of 16 with patch_size 16 "
             f"(got img_size={b.img_size}, patch_size={b.patch_size})"
         )
-    if tuple(cfg.inference.crop_size) != (b.img_size, b.img_size):
+    crop = tuple(inference.crop_size)
+    if b.kind == "beit" and crop != (b.img_size, b.img_size):
         raise ConfigError(
-            f"test crop_size {tuple(cfg.inference.crop_size)} must equal the backbone img_size "
+            f"test crop_size {crop} must equal the backbone img_size "
             f"({b.img_size}): the relative position tables are sized for one crop"
         )
     if not 0 <= b.drop_path_rate < 1:
         raise ConfigError(f"backbone.drop_path_rate must be in [0, 1), got {b.drop_path_rate}")
+    if crop[0] != crop[1] or crop[0] % 32:
+        raise ConfigError(f"test crop_size must be square and a multiple of 32, got {crop}")
+    if b.kind == "vit" and b.use_rel_pos_bias:
+        raise ConfigError("a plain ViT backbone (kind 'vit') has no relative position bias: "
+                          "set backbone.use_rel_pos_bias to false")
     if b.embed_dim % b.num_heads or b.embed_dim % b.deform_num_heads:
         raise ConfigError("backbone.embed_dim must be divisible by num_heads and deform_num_heads")
     value_dim = int(b.embed_dim * b.deform_ratio)
@@ -185,11 +268,30 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"backbone.interaction_indexes end at block {last} but depth is {b.depth}"
         )
-    if len(h.in_channels) != 4 or any(c != b.embed_dim for c in h.in_channels):
+
+
+def _validate_upernet(h: UperNetConfig, b: BackboneConfig) -> None:
+    if not h.pool_scales or any(s < 1 for s in h.pool_scales):
+        raise ConfigError(f"decode_head.pool_scales must be positive, got {list(h.pool_scales)}")
+    if h.num_classes < 1:
+        raise ConfigError("decode_head.num_classes must be at least 1")
+    aux = h.auxiliary
+    if aux is None:
+        return
+    if not 0 <= aux.in_index < len(h.in_channels) or aux.in_channels != b.embed_dim:
         raise ConfigError(
-            f"decode_head.in_channels must be four times the backbone embed_dim ({b.embed_dim}), "
-            f"got {list(h.in_channels)}"
+            f"auxiliary_head must read one backbone level of {b.embed_dim} channels "
+            f"(in_index 0..{len(h.in_channels) - 1}), got in_index={aux.in_index}, "
+            f"in_channels={aux.in_channels}"
         )
+    if aux.num_classes != h.num_classes:
+        raise ConfigError(f"auxiliary_head.num_classes ({aux.num_classes}) must equal "
+                          f"decode_head.num_classes ({h.num_classes})")
+    if aux.num_convs < 0 or (aux.num_convs == 0 and aux.channels != aux.in_channels):
+        raise ConfigError("auxiliary_head with num_convs 0 needs channels == in_channels")
+
+
+def _validate_mask2former(h: HeadConfig) -> None:
     if h.num_transformer_feat_level != h.pixel_decoder.num_levels:
         raise ConfigError(
             "decode_head.num_transformer_feat_level must equal the pixel decoder's num_levels"

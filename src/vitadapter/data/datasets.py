@@ -66,6 +66,9 @@ class Layout:
     splits: Mapping[str, str]  # split name -> directory name
     label_table: np.ndarray = field(repr=False, compare=False)
     label_note: str  # what valid stored values are, for error messages
+    # A list of image names per split (mmseg's ``split=``), relative to the root; without one,
+    # every image under the image directory is a sample.
+    split_file: str | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -94,6 +97,18 @@ LAYOUTS: dict[str, Layout] = {
         Layout("cityscapes", "cityscapes", ("leftImg8bit/{split}",), "_leftImg8bit.png",
                ("gtFine/{split}",), "_gtFine_labelTrainIds.png", {},
                train_id_table(19), "train ids 0..18, or 255"),
+        # mmseg's tools/convert_datasets/coco_stuff10k.py output (data/coco_stuff10k): train
+        # ids shifted by one, 0 = unlabeled (the configs read them with reduce_zero_label).
+        Layout("coco-stuff10k", "coco-stuff10k", ("images/{split}",), ".jpg",
+               ("annotations/{split}",), "_labelTrainIds.png",
+               {"val": "test2014", "test": "test2014", "train": "train2014"},
+               reduce_zero_label_table(171), "0..171 (0 = unlabeled, not evaluated), or 255"),
+        # mmseg's tools/convert_datasets/pascal_context.py output under VOCdevkit/VOC2010: 0 =
+        # background (not evaluated), 1..59 the classes; the split lists the image names.
+        Layout("pascal-context-59", "pascal-context-59", ("JPEGImages",), ".jpg",
+               ("SegmentationClassContext",), ".png", {},
+               reduce_zero_label_table(59), "0..59 (0 = background, not evaluated), or 255",
+               split_file="ImageSets/SegmentationContext/{split}.txt"),
     )
 }
 
@@ -152,10 +167,19 @@ def open_dataset(root: str | Path, dataset: str, split: str = "val") -> EvalData
     label_dir = _first_dir(root, layout.label_dirs, split_dir)
     if image_dir is None or label_dir is None:
         raise DatasetError(_layout_message(root, layout, split))
+    if layout.split_file is None:
+        images = sorted(_find(image_dir, layout.image_suffix))
+        names = [i.relative_to(image_dir).as_posix()[:-len(layout.image_suffix)] for i in images]
+    else:
+        names = _split_names(root / layout.split_file.format(split=split_dir), layout)
+        images = [image_dir / (name + layout.image_suffix) for name in names]
+        absent = [i for i in images if not i.is_file()]
+        if absent:
+            more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            raise DatasetError(f"image {absent[0]} listed in the split file is missing{more}")
     samples = []
     missing = []
-    for image in sorted(_find(image_dir, layout.image_suffix)):
-        name = image.relative_to(image_dir).as_posix()[:-len(layout.image_suffix)]
+    for name, image in zip(names, images, strict=True):
         label = label_dir / (name + layout.label_suffix)
         if not label.is_file():
             missing.append((image, label))
@@ -168,6 +192,19 @@ def open_dataset(root: str | Path, dataset: str, split: str = "val") -> EvalData
         more = f" (and {len(missing) - 1} more images without one)" if len(missing) > 1 else ""
         raise DatasetError(f"image {image} has no annotation: expected {label}{more}")
     return EvalDataset(layout, root, split_dir, image_dir, label_dir, tuple(samples))
+
+
+def _split_names(path: Path, layout: Layout) -> list[str]:
+    """The image names of a split file, in its order (as mmseg reads them)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DatasetError(f"split file {path} not found: the {layout.name} layout lists the "
+                           "images of each split there") from None
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise DatasetError(f"split file {path} lists no images")
+    return names
 
 
 def decode_label(path: Path, layout: Layout) -> np.ndarray:

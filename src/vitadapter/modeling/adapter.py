@@ -1,4 +1,5 @@
-"""ViT-Adapter around a BEiT: spatial prior module, injectors, extractors and output fusion."""
+"""ViT-Adapter around a BEiT or a plain ViT: spatial prior module, injectors, extractors and
+output fusion."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import BackboneConfig, Behaviour
-from .backbones.beit import Block, DropPath, PatchEmbed
+from .backbones import beit, vit
+from .backbones.beit import DropPath, PatchEmbed
+from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
 from .layers import maybe_checkpoint
 
@@ -167,7 +170,7 @@ class Extractor(AdapterAttention):
 
 
 class InteractionBlock(nn.Module):
-    """Injector, a run of ViT blocks (with the cls token), extractor(s)."""
+    """Injector, a run of ViT blocks (with the cls token when there is one), extractor(s)."""
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour, extra_extractors: bool) -> None:
         super().__init__()
@@ -176,16 +179,18 @@ class InteractionBlock(nn.Module):
         self.extra_extractors = (nn.ModuleList([Extractor(cfg, behaviour) for _ in range(2)])
                                  if extra_extractors else None)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cls: torch.Tensor,
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cls: torch.Tensor | None,
                 blocks: nn.ModuleList, height: int, width: int, pyramid: Shapes,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         device = x.device
         vit_grid = ((height, width),)
         x = self.injector(x, c, reference_points(vit_grid, device), pyramid)
-        x = torch.cat((cls, x), dim=1)
+        if cls is not None:
+            x = torch.cat((cls, x), dim=1)
         for block in blocks:
             x = block(x)
-        cls, x = x[:, :1], x[:, 1:]
+        if cls is not None:
+            cls, x = x[:, :1], x[:, 1:]
         ref = reference_points(pyramid, device)
         extractors = [self.extractor, *(self.extra_extractors or ())]
         for extractor in extractors:
@@ -193,20 +198,25 @@ class InteractionBlock(nn.Module):
         return x, c, cls
 
 
-class BEiTAdapter(nn.Module):
-    """BEiT backbone with the ViT-Adapter; returns four maps at 1/4, 1/8, 1/16 and 1/32."""
+class ViTAdapter(nn.Module):
+    """The ViT-Adapter around a BEiT (official ``BEiTAdapter``: cls token, relative position
+    bias) or a plain ViT (official ``ViTAdapter``: absolute position embedding, no cls token),
+    by ``cfg.kind``; returns four maps at 1/4, 1/8, 1/16 and 1/32."""
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour = "official") -> None:
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_token: nn.Parameter | None = None
+        self.pos_embed: nn.Parameter | None = None
+        if cfg.kind == "vit":
+            grid = cfg.img_size // cfg.patch_size
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
+        else:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList([
-            Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.window_size, cfg.qkv_bias,
-                  cfg.use_rel_pos_bias, cfg.init_values, cfg.norm_eps,
-                  cfg.drop_path_rate * i / max(cfg.depth - 1, 1))
-            for i in range(cfg.depth)
+            _block(cfg, cfg.drop_path_rate * i / max(cfg.depth - 1, 1)) for i in range(cfg.depth)
         ])
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(cfg.conv_inplane, dim, cfg.in_channels)
@@ -229,7 +239,10 @@ class BEiTAdapter(nn.Module):
 
         x, height, width = self.patch_embed(x)
         batch, _, dim = x.shape
-        cls = self.cls_token.expand(batch, -1, -1)
+        if self.pos_embed is not None:
+            side = self.cfg.img_size // self.cfg.patch_size
+            x = x + resize_pos_embed(self.pos_embed, side, height, width)
+        cls = None if self.cls_token is None else self.cls_token.expand(batch, -1, -1)
         outs = []
         for layer, (first, last) in zip(self.interactions, self.cfg.interaction_indexes,
                                         strict=True):
@@ -250,3 +263,12 @@ class BEiTAdapter(nn.Module):
             c3 = c3 + x3
             c4 = c4 + F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
+
+
+def _block(cfg: BackboneConfig, drop_path: float) -> nn.Module:
+    if cfg.kind == "vit":
+        return vit.Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias,
+                         cfg.layer_scale, cfg.norm_eps, drop_path)
+    return beit.Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.window_size,
+                      cfg.qkv_bias, cfg.use_rel_pos_bias, cfg.init_values, cfg.norm_eps,
+                      drop_path)

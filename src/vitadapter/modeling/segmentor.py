@@ -10,16 +10,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config.schema import ModelConfig
+from ..config.schema import ModelConfig, UperNetConfig
 from ..errors import CheckpointError
-from .adapter import BEiTAdapter
+from .adapter import ViTAdapter
 from .backbones.beit import INDEX_KEY, relative_position_index
 from .heads.mask2former import HeadOutput, Mask2FormerHead, semantic_scores
+from .heads.upernet import FCNHead, UperNetHead, UperNetOutput
 
 logger = logging.getLogger(__name__)
 
-# Keys of old releases that no model uses.
+# Keys of old Mask2Former releases that the model does not use (UperNet's conv_seg is real).
 _UNUSED_PREFIXES = ("decode_head.conv_seg.",)
+_MASK2FORMER_PREFIX = "decode_head.pixel_decoder."
+AUXILIARY_PREFIX = "auxiliary_head."
 
 
 @dataclass
@@ -27,16 +30,18 @@ class SegmentorOutput:
     """Intermediate results of one forward pass, for inspection and parity checks."""
 
     features: list[torch.Tensor]  # backbone maps at 1/4, 1/8, 1/16, 1/32
-    head: HeadOutput
+    head: HeadOutput | UperNetOutput
     scores: torch.Tensor          # (B, num_classes, H/4, W/4)
 
 
 class SegmentationModel(nn.Module):
-    """BEiT-Adapter + Mask2Former (the official ``EncoderDecoderMask2Former``).
+    """ViT-Adapter + Mask2Former (the official ``EncoderDecoderMask2Former``) or + UperNet
+    (``EncoderDecoder`` with ``UPerHead`` and the auxiliary ``FCNHead``).
 
-    ``forward`` maps a normalised crop (B, 3, S, S), S = ``config.backbone.img_size``, to
-    per-class semantic scores (B, num_classes, S/4, S/4); ``inspect`` also returns the backbone
-    features and every prediction of the decoder.
+    ``forward`` maps a normalised crop (B, 3, S, S), S = the test crop size, to per-class
+    scores (B, num_classes, S/4, S/4): Mask2Former's class x mask scores, UperNet's logits;
+    ``inspect`` also returns the backbone features and the head's intermediate results. The
+    auxiliary head (``auxiliary_head``, when configured) is for training only.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -45,12 +50,20 @@ class SegmentationModel(nn.Module):
         # Class names and palette of the loaded checkpoint's ``meta``, when it has them.
         self.classes: list[str] | None = None
         self.palette: list[list[int]] | None = None
-        self.backbone = BEiTAdapter(config.backbone, config.behaviour)
-        self.decode_head = Mask2FormerHead(config.head)
+        self.backbone = ViTAdapter(config.backbone, config.behaviour)
+        self.decode_head: Mask2FormerHead | UperNetHead
+        self.auxiliary_head: FCNHead | None = None
+        head = config.head
+        if isinstance(head, UperNetConfig):
+            self.decode_head = UperNetHead(head)
+            if head.auxiliary is not None:
+                self.auxiliary_head = FCNHead(head.auxiliary)
+        else:
+            self.decode_head = Mask2FormerHead(head)
 
     @property
     def crop_size(self) -> int:
-        return self.config.backbone.img_size
+        return self.config.inference.crop_size[0]
 
     @property
     def num_classes(self) -> int:
@@ -58,12 +71,17 @@ class SegmentationModel(nn.Module):
 
     def forward(self, crop: torch.Tensor) -> torch.Tensor:
         self._check_input(crop)
+        if isinstance(self.decode_head, UperNetHead):
+            return self.decode_head(self.backbone(crop)).logits
         head = self.decode_head(self.backbone(crop), all_predictions=False)
         return semantic_scores(head.cls_logits[-1], head.mask_logits[-1])
 
     def inspect(self, crop: torch.Tensor) -> SegmentorOutput:
         self._check_input(crop)
         features = self.backbone(crop)
+        if isinstance(self.decode_head, UperNetHead):
+            upernet = self.decode_head(features)
+            return SegmentorOutput(features, upernet, upernet.logits)
         head = self.decode_head(features)
         return SegmentorOutput(features, head,
                                semantic_scores(head.cls_logits[-1], head.mask_logits[-1]))
@@ -75,9 +93,9 @@ class SegmentationModel(nn.Module):
                              f" normalised crop, got shape {tuple(crop.shape)}")
         if tuple(crop.shape[-2:]) != (size, size):
             raise ValueError(
-                f"this model takes {size}x{size} crops (its relative position tables are sized "
-                f"for them), got {crop.shape[-2]}x{crop.shape[-1]}; use the Segmenter, which "
-                "resizes, pads and slides windows for any image size")
+                f"this model takes {size}x{size} crops (its configured test crop), got "
+                f"{crop.shape[-2]}x{crop.shape[-1]}; use the Segmenter, which resizes, pads "
+                "and slides windows for any image size")
 
 
 def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
@@ -86,7 +104,9 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], source: str = "che
 
     Strips DataParallel's ``module.``; drops the ``relative_position_index`` buffers (derived
     from the window, so they are checked against it, never loaded) and the unused
-    ``decode_head.conv_seg.*`` of old releases (with a notice). Returns the tensors to load and
+    ``decode_head.conv_seg.*`` of old Mask2Former releases (with a notice). The auxiliary
+    FCNHead of UperNet checkpoints (``auxiliary_head.*``, :data:`AUXILIARY_PREFIX`) is kept:
+    it loads into the model's training-only ``auxiliary_head``. Returns the tensors to load and
     the unused keys that were dropped.
     """
     tensors: dict[str, torch.Tensor] = {}
@@ -96,7 +116,8 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], source: str = "che
             _check_index(key, value, source)
         else:
             tensors[key] = value
-    unused = sorted(k for k in tensors if k.startswith(_UNUSED_PREFIXES))
+    mask2former = any(k.startswith(_MASK2FORMER_PREFIX) for k in tensors)
+    unused = sorted(k for k in tensors if mask2former and k.startswith(_UNUSED_PREFIXES))
     if unused:
         logger.info("%s: ignoring %d unused key(s) of old releases: %s", source, len(unused),
                     ", ".join(unused))

@@ -195,6 +195,19 @@ def _spread_colors() -> Iterator[Color]:
         yield (round(r * 255), round(g * 255), round(b * 255))
 
 
+PASCAL_CONTEXT59_CLASSES: tuple[str, ...] = (
+    'aeroplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book',
+    'bottle', 'building', 'bus', 'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth',
+    'computer', 'cow', 'cup', 'curtain', 'dog', 'door', 'fence', 'floor', 'flower', 'food',
+    'grass', 'ground', 'horse', 'keyboard', 'light', 'motorbike', 'mountain', 'mouse', 'person',
+    'plate', 'platform', 'pottedplant', 'road', 'rock', 'sheep', 'shelves', 'sidewalk', 'sign',
+    'sky', 'snow', 'sofa', 'table', 'track', 'train', 'tree', 'truck', 'tvmonitor', 'wall',
+    'water', 'window', 'wood',
+)
+# mmseg's Pascal Context-59 palette is the ADE20K palette without its first colour.
+PASCAL_CONTEXT59_PALETTE: tuple[Color, ...] = ADE20K_PALETTE[1:60]
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Class names and the default palette of a dataset."""
@@ -214,6 +227,11 @@ DATASETS: dict[str, DatasetInfo] = {
                     distinct_palette(COCO_STUFF_MMSEG_PALETTE)),
         DatasetInfo("ade20k", ADE20K_CLASSES, distinct_palette(ADE20K_PALETTE)),
         DatasetInfo("cityscapes", CITYSCAPES_CLASSES, distinct_palette(CITYSCAPES_PALETTE)),
+        # COCO-Stuff-10k uses the 171 classes of COCO-Stuff-164k (mmseg's COCOStuffDataset).
+        DatasetInfo("coco-stuff10k", COCO_STUFF_CLASSES,
+                    distinct_palette(COCO_STUFF_MMSEG_PALETTE)),
+        DatasetInfo("pascal-context-59", PASCAL_CONTEXT59_CLASSES,
+                    distinct_palette(PASCAL_CONTEXT59_PALETTE)),
     )
 }
 

@@ -40,7 +40,8 @@ class LabelMap:
     pixel_count: np.ndarray   # (C,) pixels per class
 
 
-def merge_views(views: Sequence[SlideScores], band_rows: int | None = None) -> LabelMap:
+def merge_views(views: Sequence[SlideScores], band_rows: int | None = None, *,
+                logits: bool = False) -> LabelMap:
     """Resize every view's canvas to the original size, softmax, flip back, average over
     views and take the argmax, one band of output rows at a time.
 
@@ -48,8 +49,10 @@ def merge_views(views: Sequence[SlideScores], band_rows: int | None = None) -> L
     softmax runs over raw Mask2Former scores (sums of class x mask probabilities in [0, 1]), so
     its winning value is close to 1 / num_classes for any model; instead each pixel's scores are
     normalised to sum to one (a class posterior), averaged over views, and the winning class's
-    posterior is averaged over that class's pixels.
+    posterior is averaged over that class's pixels. With ``logits`` (UperNet's scores are class
+    logits) the posterior is the softmax itself.
     """
+    posterior_of = softmax if logits else _normalised
     height, width = views[0].view.original_shape
     num_classes = views[0].num_classes
     if band_rows is None:
@@ -62,14 +65,14 @@ def merge_views(views: Sequence[SlideScores], band_rows: int | None = None) -> L
         stop = min(start + band_rows, height)
         bands = [_band_logits(slide, taps.rows(start, stop), width)
                  for slide, taps in zip(views, row_taps, strict=True)]
-        posterior = _normalised(bands[0])
+        posterior = posterior_of(bands[0])
         if len(bands) == 1:
             band_labels = argmax_softmax(bands[0])
         else:
             probs = softmax(bands[0])
-            for logits in bands[1:]:
-                probs = probs + softmax(logits)
-                posterior = posterior + _normalised(logits)
+            for band in bands[1:]:
+                probs = probs + softmax(band)
+                posterior = posterior + posterior_of(band)
             band_labels = (probs / np.float32(len(views))).argmax(0)
         labels[start:stop] = band_labels
         winning = np.take_along_axis(posterior, band_labels[None], 0)[0] / len(views)

@@ -162,7 +162,8 @@ def create_app(segmenter: SegmenterLike | None = None, *,
         queue.shutdown()
 
     app = FastAPI(title="vitadapter", version=__version__, lifespan=lifespan,
-                  description="ViT-Adapter + Mask2Former semantic segmentation over HTTP.")
+                  description="ViT-Adapter semantic segmentation (Mask2Former or UperNet) "
+                              "over HTTP.")
     _add_error_handlers(app)
     _add_page(app)
 

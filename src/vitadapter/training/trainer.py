@@ -139,9 +139,9 @@ def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int
         raise ConfigError(f"--crop {crop} is larger than the model supports with img_scale "
                           f"{tuple(img_scale)}: resized images are at most {largest}px on the "
                           "short side (2.0 x the scale); lower --crop or raise --img-scale")
-    head = base.head
     if num_classes != base.num_classes:
-        head = dataclasses.replace(head, num_things_classes=num_classes, num_stuff_classes=0)
+        base = base.with_num_classes(num_classes)
+    head = base.head
     old_crop = base.backbone.img_size
     stride = max(1, round(base.inference.stride[0] * crop / old_crop))
     return base.replace(

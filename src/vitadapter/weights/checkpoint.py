@@ -31,7 +31,7 @@ except ImportError:  # numpy < 2
 from torch import nn
 
 from ..errors import CheckpointError
-from ..modeling.segmentor import checkpoint_filter
+from ..modeling.segmentor import AUXILIARY_PREFIX, checkpoint_filter
 from .safetensors import load_safetensors, save_safetensors
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,10 @@ def _normalise(obj: Any, source: str) -> Checkpoint:
                                   "not a tensor; is this a model checkpoint?")
     tensors, ignored = checkpoint_filter(
         {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, source)
+    auxiliary = sum(k.startswith(AUXILIARY_PREFIX) for k in tensors)
+    if auxiliary:
+        logger.info("%s: has the auxiliary FCN head (%d keys): loaded for training, unused at "
+                    "inference", source, auxiliary)
     classes = meta.get("CLASSES")
     palette = meta.get("PALETTE")
     return Checkpoint(
