@@ -13,16 +13,18 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ImageError, VitAdapterError
+from ..files import atomic_path, remove_stale_temps, write_text_atomic
 from ..pipeline.result import SegmentationResult
 from ..progress import Progress
 from ..segmenter import Segmenter
+from . import segment_outputs as outputs
 from .common import add_model_arguments, add_onnx_argument, segmenter_from_args
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                   ".pgm", ".jp2"}
-OUTPUTS = ("_labels.png", "_color.png", "_overlay.png", ".json")
+OUTPUTS = outputs.OUTPUTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--no-legend", action="store_true", help="overlay without the legend")
     p.add_argument("--skip-existing", action="store_true",
-                   help="skip images whose four outputs already exist (resume a folder)")
+                   help="skip images whose outputs were completely written by an earlier "
+                        "run (resume a folder)")
     p.set_defaults(run=run)
 
 
@@ -48,7 +51,7 @@ class Job:
     stem: Path  # output path without suffix, relative to --out
 
     def outputs(self, out: Path) -> list[Path]:
-        return [out / f"{self.stem}{suffix}" for suffix in OUTPUTS]
+        return outputs.output_paths(out, self.stem)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,13 +61,16 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise VitAdapterError(f"--alpha must lie in [0, 1], got {args.alpha}")
     jobs, skipped = collect_jobs(args.inputs)
+    jobs, ours = _leave_out_outputs(jobs, out)
     for path in skipped:
         logger.info("skipping %s: not an image file (by its extension)", path)
+    for path in ours:
+        logger.info("skipping %s: an output of vitadapter segment in --out", path)
     if not jobs:
         raise VitAdapterError("no images found in " + " ".join(args.inputs))
-    inputs = {job.source.resolve() for job in jobs}
+    jobs = assign_stems(jobs, out)
     if args.skip_existing:
-        todo = [j for j in jobs if not all(p.is_file() for p in j.outputs(out))]
+        todo = [j for j in jobs if not outputs.is_done(out, j.stem, j.source)]
         if len(todo) < len(jobs):
             logger.info("skipping %d image(s) already done", len(jobs) - len(todo))
         jobs = todo
@@ -76,10 +82,6 @@ def run(args: argparse.Namespace) -> int:
         with Progress(len(jobs), "segment") as bar:
             for job in jobs:
                 try:
-                    clash = [p for p in job.outputs(out) if p.resolve() in inputs]
-                    if clash:
-                        raise VitAdapterError(f"would overwrite the input {clash[0]}; choose "
-                                              "another --out")
                     result = segmenter.segment(job.source)
                     write_outputs(result, job, out, args, segmenter)
                     done += 1
@@ -121,37 +123,89 @@ def collect_jobs(inputs: list[str]) -> tuple[list[Job], list[Path]]:
 
 
 def _unique(jobs: list[Job]) -> list[Job]:
-    seen_sources: set[Path] = set()
-    seen_stems: set[Path] = set()
+    seen: set[Path] = set()
     unique = []
     for job in jobs:
-        if job.source.resolve() in seen_sources:
-            continue
-        seen_sources.add(job.source.resolve())
-        stem, n = job.stem, 2
-        while stem in seen_stems:
-            stem = job.stem.with_name(f"{job.stem.name}-{n}")
-            n += 1
-        seen_stems.add(stem)
-        unique.append(Job(job.source, stem))
+        if job.source.resolve() not in seen:
+            seen.add(job.source.resolve())
+            unique.append(job)
     return unique
+
+
+def _leave_out_outputs(jobs: list[Job], out: Path) -> tuple[list[Job], list[Path]]:
+    """Drop the files under ``out`` that an earlier run wrote there, and everything under
+    ``out`` when it lies inside an input folder: outputs are never taken for photos."""
+    out_dir = out.resolve()
+    ours = outputs.written_by_us(out, outputs.read_manifest(out))
+    keep: list[Job] = []
+    dropped: list[Job] = []
+    for job in jobs:
+        source = job.source.resolve()
+        nested = out_dir in source.parents and _from_folder_above(job, out_dir)
+        (dropped if source in ours or nested else keep).append(job)
+    return keep, [job.source for job in dropped]
+
+
+def _from_folder_above(job: Job, out_dir: Path) -> bool:
+    """Whether ``job`` was found by walking a folder that contains ``out_dir`` strictly."""
+    root = job.source.resolve()
+    for _ in job.stem.parts:
+        root = root.parent
+    return root != out_dir and root in out_dir.parents
+
+
+def assign_stems(jobs: list[Job], out: Path) -> list[Job]:
+    """Give each input the output stem recorded for it by an earlier run, and new inputs a
+    stem no other input has (``name-2``, ``name-3``, ...) and whose outputs are no input;
+    record the new ones."""
+    recorded = outputs.read_manifest(out)
+    taken = set(recorded.values())
+    inputs = {job.source.resolve() for job in jobs}
+    new: dict[str, Path] = {}
+    assigned = []
+    for job in jobs:
+        source = str(job.source.resolve())
+        stem = recorded.get(source)
+        if stem is None:
+            stem, n = job.stem, 2
+            while (stem in taken
+                   or any(p.resolve() in inputs for p in outputs.output_paths(out, stem))
+                   or outputs.recorded_source(out / f"{stem}.json") not in (None, source)):
+                stem = job.stem.with_name(f"{job.stem.name}-{n}")
+                n += 1
+            new[source] = stem
+            taken.add(stem)
+        assigned.append(Job(job.source, stem))
+    outputs.append_manifest(out, new)
+    return assigned
 
 
 def write_outputs(result: SegmentationResult, job: Job, out: Path, args: argparse.Namespace,
                   segmenter: Segmenter) -> None:
+    """Write the three PNGs, each under a temporary name renamed when complete, then the JSON,
+    the proof that the image is done (removed first, so a crash leaves no stale proof)."""
     labels_path, color_path, overlay_path, json_path = job.outputs(out)
-    labels_path.parent.mkdir(parents=True, exist_ok=True)
-    result.label_image().save(labels_path)
-    Image.fromarray(result.colorize()).save(color_path)
-    Image.fromarray(result.overlay(args.alpha, legend=not args.no_legend)).save(overlay_path)
+    json_path.unlink(missing_ok=True)
+    for path in job.outputs(out):
+        remove_stale_temps(path)
+    images = {labels_path: result.label_image(), color_path: Image.fromarray(result.colorize()),
+              overlay_path: Image.fromarray(result.overlay(args.alpha,
+                                                           legend=not args.no_legend))}
+    for path, image in images.items():
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
     height, width = result.label_map.shape
     report = {
-        "image": str(job.source), "width": width, "height": height,
+        "image": str(job.source), "source": str(job.source.resolve()),
+        "width": width, "height": height,
         "model": result.model, "behaviour": segmenter.config.behaviour, "tta": segmenter.tta,
         "device": segmenter.device, "seconds": round(result.seconds, 3),
         "outputs": {"labels": labels_path.name, "color": color_path.name,
                     "overlay": overlay_path.name},
+        "output_bytes": {"labels": labels_path.stat().st_size,
+                         "color": color_path.stat().st_size,
+                         "overlay": overlay_path.stat().st_size},
         "classes": [{**row, "share": round(row["share"], 6), "score": round(row["score"], 6)}
                     for row in result.summary()],
     }
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
