@@ -61,7 +61,9 @@ def test_partial_outputs_are_redone(tmp_path, capsys):
     assert segment(str(photos), "--out", str(out), "--skip-existing") == 0
     assert summary(capsys).startswith("segmented 2 image(s)")
     assert (out / "a_overlay.png").read_bytes() == complete
-    assert json.loads((out / "b.json").read_text())["source"] == str((photos / "b.png").resolve())
+    report = json.loads((out / "b.json").read_text())
+    assert report["source"] == str((photos / "b.png").resolve())
+    assert (report["precision"], report["device_kind"]) == ("fp32", "cpu")
 
 
 TORN_WRITER = """

@@ -18,7 +18,12 @@ from ..pipeline.result import SegmentationResult
 from ..progress import Progress
 from ..segmenter import Segmenter
 from . import segment_outputs as outputs
-from .common import add_model_arguments, add_onnx_argument, segmenter_from_args
+from .common import (
+    add_model_arguments,
+    add_onnx_argument,
+    prediction_settings,
+    segmenter_from_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +204,8 @@ def write_outputs(result: SegmentationResult, job: Job, out: Path, args: argpars
         "image": str(job.source), "source": str(job.source.resolve()),
         "width": width, "height": height,
         "model": result.model, "behaviour": segmenter.config.behaviour, "tta": segmenter.tta,
-        "device": segmenter.device, "seconds": round(result.seconds, 3),
+        "device": segmenter.device, **prediction_settings(args, segmenter),
+        "seconds": round(result.seconds, 3),
         "outputs": {"labels": labels_path.name, "color": color_path.name,
                     "overlay": overlay_path.name},
         "output_bytes": {"labels": labels_path.stat().st_size,
