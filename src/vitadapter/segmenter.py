@@ -19,7 +19,7 @@ import numpy as np
 from .backends.base import CropRunner
 from .config.presets import SEED_PRESET
 from .config.schema import Behaviour, ModelConfig, Precision
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .pipeline.images import ChannelOrder, load_image
 from .pipeline.merge import merge_views
 from .pipeline.preprocess import augmented_views, preprocess
@@ -154,6 +154,11 @@ def _load_torch_runner(config: Any, checkpoint: str | Path | None, **kwargs: Any
     from .weights.download import fetch_weights
 
     cfg = resolve_config(config, kwargs.pop("behaviour"))
-    if checkpoint is None:
-        checkpoint = fetch_weights(cfg)
-    return TorchRunner.load(cfg, checkpoint, **kwargs)
+    if checkpoint is not None:
+        return TorchRunner.load(cfg, checkpoint, **kwargs)
+    cached = fetch_weights(cfg)
+    try:
+        return TorchRunner.load(cfg, cached, **kwargs)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}. The cached weights are damaged: delete {cached} and "
+                              "run again to download them again") from None

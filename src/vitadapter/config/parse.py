@@ -29,7 +29,8 @@ def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
         return config_from_official(data)
     f = FieldReader(data, "")
     kwargs: dict[str, Any] = {}
-    for key in ("name", "behaviour", "dataset", "weights_url", "description"):
+    for key in ("name", "behaviour", "dataset", "weights_url", "weights_sha256",
+                "description"):
         if key in data:
             kwargs[key] = f.take(key)
     nested = {"backbone": BackboneConfig, "inference": InferenceConfig}

@@ -128,6 +128,7 @@ class ModelConfig:
     behaviour: Behaviour = "official"
     dataset: str = "coco-stuff164k"
     weights_url: str | None = None
+    weights_sha256: str | None = None  # of the file at weights_url, where known
     description: str = ""
 
     def __post_init__(self) -> None:
