@@ -4,6 +4,7 @@ instantly, without torch. The tiny reference config gives its crop size and clas
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,12 @@ def quick_segmenter(*_: object) -> Segmenter:
     return Segmenter(QuickRunner())
 
 
-def patch_cli() -> None:
-    """Make ``vitadapter segment`` run the quick backend (in this process)."""
+def patch_cli(monkeypatch: Any = None) -> None:
+    """Make ``vitadapter segment`` run the quick backend (in this process; undone after the
+    test with pytest's ``monkeypatch``)."""
     import vitadapter.cli.segment
 
-    vitadapter.cli.segment.segmenter_from_args = quick_segmenter  # type: ignore[assignment]
+    if monkeypatch is not None:
+        monkeypatch.setattr(vitadapter.cli.segment, "segmenter_from_args", quick_segmenter)
+    else:
+        vitadapter.cli.segment.segmenter_from_args = quick_segmenter  # type: ignore[assignment]

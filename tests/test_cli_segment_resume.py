@@ -26,11 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def quick_backend(monkeypatch):
     """File handling is what is tested here: a backend that answers at once."""
-    import vitadapter.cli.segment
-
-    monkeypatch.setattr(vitadapter.cli.segment, "segmenter_from_args",
-                        vitadapter.cli.segment.segmenter_from_args)
-    patch_cli()
+    patch_cli(monkeypatch)
 
 
 def segment(*args: str) -> int:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..errors import ImageError, VitAdapterError
 from ..files import atomic_path, remove_stale_temps, write_text_atomic
+from ..pipeline.images import check_pixels
 from ..pipeline.result import SegmentationResult
 from ..progress import Progress
 from ..segmenter import Segmenter
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                   ".pgm", ".jp2"}
 OUTPUTS = outputs.OUTPUTS
+MAX_PIXELS = 100_000_000
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_onnx_argument(p)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--no-legend", action="store_true", help="overlay without the legend")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse photos of more pixels (default {MAX_PIXELS}; read from the "
+                        "header, before decoding)")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip images whose outputs were completely written by an earlier "
                         "run (resume a folder)")
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         with Progress(len(jobs), "segment") as bar:
             for job in jobs:
                 try:
+                    check_pixels(job.source, args.max_pixels)
                     result = segmenter.segment(job.source)
                     write_outputs(result, job, out, args, segmenter)
                     done += 1

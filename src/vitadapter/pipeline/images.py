@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +64,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     if not data:
         raise ImageError(f"{name}: empty file, not an image")
     buffer = np.frombuffer(data, np.uint8)
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV allows
+        raise ImageError(f"{name}: OpenCV cannot decode it ({getattr(exc, 'err', exc)})"
+                         ) from None
     if decoded is not None:
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     try:
@@ -72,6 +77,26 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             return pil_to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: not a readable image ({exc})") from None
+    except Exception as exc:  # Pillow's plugins raise many kinds (decompression bombs, ...)
+        raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})"
+                         ) from None
+
+
+def check_pixels(path: Path, max_pixels: int) -> None:
+    """Refuse an image file whose header declares more than ``max_pixels`` pixels, before
+    anything decodes it (formats Pillow cannot identify are left to the decoders)."""
+    try:
+        with warnings.catch_warnings():  # our own limit decides, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: too many pixels ({exc})") from None
+    except Exception:  # unknown to Pillow, or unreadable: decoding will say what is wrong
+        return
+    if width * height > max_pixels:
+        raise ImageError(f"{path}: {width}x{height} = {width * height} pixels, more than "
+                         f"--max-pixels {max_pixels}; raise it to segment this photo")
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
