@@ -81,7 +81,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True,
     """Load a checkpoint into ``model`` (built by :func:`vitadapter.build_model`).
 
     A model built on the ``meta`` device takes the checkpoint's tensors by assignment (no copy;
-    memory-mapped for safetensors). With ``strict`` (the default) any missing, unexpected or
+    read into memory, never mapped). With ``strict`` (the default) any missing, unexpected or
     mis-shaped key raises :class:`CheckpointError` listing them and the likely cause. The
     ``relative_position_index`` buffers the releases lack are regenerated; stray
     ``decode_head.conv_seg.*`` weights of old releases are ignored with a notice.
@@ -185,12 +185,8 @@ def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
         if trust_checkpoint:
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(_NUMPY_DATA_GLOBALS):
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+            # not mmap=True: a file changed under a running model must not change or crash it
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:

@@ -3,7 +3,7 @@
 The cache lives in ``$VITADAPTER_HOME`` (default ``~/.cache/vitadapter``). A preset's release
 file is downloaded once (resuming an interrupted transfer), checked (the zip's CRCs, then every
 key and shape against the preset's model), and stored as ``<preset>.safetensors`` for fast,
-memory-mapped loads; the downloaded archive is then removed.
+pickle-free loads; the downloaded archive is then removed.
 """
 
 from __future__ import annotations
