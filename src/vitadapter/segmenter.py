@@ -40,7 +40,8 @@ class Segmenter:
     ``model`` is a preset name, or a loaded crop runner (a backend of
     :mod:`vitadapter.backends`); ``config`` (a path to a config.json, a dict or a ModelConfig)
     replaces the preset. Without ``checkpoint`` a preset's release weights are taken from the
-    cache (``$VITADAPTER_HOME``) or downloaded once. ``device`` defaults to CUDA when available.
+    cache (``$VITADAPTER_HOME``) or downloaded once. ``device`` defaults to CUDA when available
+    (an integer is a CUDA index).
     ``tta`` turns on the official multi-scale + flip test-time augmentation; ``batch_windows``
     runs that many slide windows per forward pass (same results, more memory). ``precision``
     is ``"fp32"`` (default, the official numbers), ``"bf16"`` (autocast, CPU or CUDA),
@@ -50,7 +51,7 @@ class Segmenter:
     """
 
     def __init__(self, model: str | CropRunner = SEED_PRESET, *, config: Any = None,
-                 checkpoint: str | Path | None = None, device: str | None = None,
+                 checkpoint: str | Path | None = None, device: str | int | None = None,
                  behaviour: Behaviour | None = None, tta: bool = False,
                  batch_windows: int = 1, trust_checkpoint: bool = False,
                  precision: Precision = "fp32") -> None:

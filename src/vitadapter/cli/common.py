@@ -32,7 +32,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "preset's release weights, cached in $VITADAPTER_HOME or "
                             "downloaded once")
     group.add_argument("--device", default=None,
-                       help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+                       help="cpu, cuda, cuda:1, 1 (a CUDA index), mps (default: cuda when "
+                            "available)")
     group.add_argument("--behaviour", choices=BEHAVIOURS, default=None,
                        help="adapter behaviour (default official; 'modelscope' reproduces "
                             "ModelScope's outputs)")
@@ -58,7 +59,7 @@ def onnx_providers(device: str | None) -> list[str]:
     """onnxruntime execution providers for a --device value."""
     if device is None or device == "cpu":
         return ["CPUExecutionProvider"]
-    if device.split(":")[0] == "cuda":
+    if device.isdigit() or device.split(":")[0] in ("cuda", "gpu"):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise VitAdapterError(f"--device {device} is not available with --onnx (cpu or cuda)")
 

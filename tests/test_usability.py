@@ -1,0 +1,39 @@
+"""What a new user meets first: devices, messages, reprs, the version, JSON that parses."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "device 'cuda': CUDA is not available here (no GPU, or this torch was built "
+             "without CUDA); use cpu"),
+    ("gpu", "device 'gpu': CUDA is not available here"),
+    (0, "device 0: CUDA is not available here"),
+    ("mps", "device 'mps': MPS (Apple GPU) is not available here; use cpu"),
+    ("tpu", "device 'tpu' is not a device: use cpu, cuda, cuda:N, N (a CUDA index) or mps"),
+])
+def test_unavailable_devices_are_one_clear_line(device, message, monkeypatch):
+    import torch
+
+    from vitadapter.backends.torch import resolve_device
+    from vitadapter.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        resolve_device(device)
+    assert str(caught.value).startswith(message)
+
+
+def test_integers_are_cuda_indices(monkeypatch):
+    import torch
+
+    from vitadapter.backends.torch import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [resolve_device(d) for d in (0, "1", "gpu", "cuda:1", None, "cpu")] == [
+        "cuda:0", "cuda:1", "cuda", "cuda:1", "cuda", "cpu"]
+    with pytest.raises(ValueError, match="there are 2 CUDA device"):
+        resolve_device(2)
