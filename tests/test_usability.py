@@ -37,3 +37,32 @@ def test_integers_are_cuda_indices(monkeypatch):
         "cuda:0", "cuda:1", "cuda", "cuda:1", "cuda", "cpu"]
     with pytest.raises(ValueError, match="there are 2 CUDA device"):
         resolve_device(2)
+
+
+def test_scores_that_are_not_finite_are_null_in_json(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    import vitadapter.cli.segment
+    from vitadapter import Segmenter
+    from vitadapter.cli import main
+
+    from .conftest import PHOTO
+    from .quick_runner import QuickRunner
+
+    class Broken(QuickRunner):  # e.g. fp16 overflow, or NaN weights
+        def __call__(self, crops: np.ndarray) -> np.ndarray:
+            scores = super().__call__(crops)
+            scores[:, 5] = np.nan
+            return scores
+
+    monkeypatch.setattr(vitadapter.cli.segment, "segmenter_from_args",
+                        lambda args: Segmenter(Broken()))
+    assert main(["-q", "segment", str(PHOTO), "--out", str(tmp_path)]) == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the JSON")
+
+    report = json.loads((tmp_path / "input.json").read_text(), parse_constant=refuse)
+    assert report["classes"] and all(c["score"] is None for c in report["classes"])

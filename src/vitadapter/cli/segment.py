@@ -217,7 +217,8 @@ def write_outputs(result: SegmentationResult, job: Job, out: Path, args: argpars
         "output_bytes": {"labels": labels_path.stat().st_size,
                          "color": color_path.stat().st_size,
                          "overlay": overlay_path.stat().st_size},
-        "classes": [{**row, "share": round(row["share"], 6), "score": round(row["score"], 6)}
+        "classes": [{**row, "share": round(row["share"], 6),
+                     "score": None if row["score"] is None else round(row["score"], 6)}
                     for row in result.summary()],
     }
-    write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
