@@ -66,3 +66,18 @@ def test_scores_that_are_not_finite_are_null_in_json(tmp_path, monkeypatch):
 
     report = json.loads((tmp_path / "input.json").read_text(), parse_constant=refuse)
     assert report["classes"] and all(c["score"] is None for c in report["classes"])
+
+
+def test_a_python_config_is_answered_with_how_to_convert_it(tmp_path):
+    from vitadapter.config.parse import load_config_file
+    from vitadapter.errors import ConfigError
+
+    config = tmp_path / "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss.py"
+    config.write_text("_base_ = ['../_base_/models/mask2former_beit.py']\nmodel = dict()\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(config)
+    assert str(caught.value) == (
+        f"{config} is a Python config: only JSON configs are read (Python is never executed). "
+        "Convert it once where mmcv is installed: python -c \"from mmcv import Config; "
+        f"Config.fromfile('{config}').dump('{config.with_suffix('.json')}')\" and pass the "
+        ".json file")

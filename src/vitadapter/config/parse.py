@@ -72,7 +72,13 @@ def load_config_file(path: str | Path) -> ModelConfig:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if path.suffix == ".py":
+            raise ConfigError(
+                f"{path} is a Python config: only JSON configs are read (Python is never "
+                "executed). Convert it once where mmcv is installed: python -c \"from mmcv "
+                f"import Config; Config.fromfile('{path}').dump('{path.with_suffix('.json')}')"
+                "\" and pass the .json file") from None
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object")
