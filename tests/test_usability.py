@@ -81,3 +81,25 @@ def test_a_python_config_is_answered_with_how_to_convert_it(tmp_path):
         "Convert it once where mmcv is installed: python -c \"from mmcv import Config; "
         f"Config.fromfile('{config}').dump('{config.with_suffix('.json')}')\" and pass the "
         ".json file")
+
+
+def test_version(capsys):
+    from vitadapter import __version__
+    from vitadapter.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"vitadapter {__version__}\n"
+
+
+def test_short_reprs(segmenter):
+    from .conftest import PHOTO
+
+    result = segmenter(PHOTO)
+    text = repr(result)
+    assert len(text) < 200 and text.startswith("SegmentationResult(260x200, ")
+    top = result.summary()[0]
+    assert f"{top['name']} {top['share']:.0%}" in text and "model='tiny-upstream'" in text
+    assert repr(segmenter) == ("Segmenter('tiny-upstream', TorchRunner on cpu, fp32, 171 classes "
+                               "(coco-stuff164k), crop 128x128, tta=False, batch_windows=1)")

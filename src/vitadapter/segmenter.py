@@ -97,6 +97,14 @@ class Segmenter:
         runner = OnnxRunner.load(path, providers=providers, threads=threads)
         return cls(runner, tta=tta, batch_windows=batch_windows)
 
+    def __repr__(self) -> str:
+        precision = getattr(self.runner, "precision", None)
+        crop = "x".join(str(v) for v in self.config.inference.crop_size)
+        return (f"Segmenter({self.name!r}, {type(self.runner).__name__} on {self.device}"
+                f"{f', {precision}' if precision else ''}, {self.config.num_classes} classes "
+                f"({self.config.dataset}), crop {crop}, "
+                f"tta={self.tta}, batch_windows={self.batch_windows})")
+
     @property
     def config(self) -> ModelConfig:
         return self.runner.info.config

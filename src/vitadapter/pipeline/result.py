@@ -30,6 +30,13 @@ class SegmentationResult:
     model: str = ""
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        height, width = self.label_map.shape
+        top = ", ".join(f"{r['name']} {r['share']:.0%}" for r in self.summary()[:3])
+        more = len(self.present) - 3
+        return (f"SegmentationResult({width}x{height}, {len(self.present)} classes: {top}"
+                f"{f', +{more} more' if more > 0 else ''}; model={self.model!r})")
+
     @property
     def present(self) -> list[int]:
         """Class ids present in the label map, in descending order (ModelScope's order)."""
