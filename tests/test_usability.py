@@ -103,3 +103,38 @@ def test_short_reprs(segmenter):
     assert f"{top['name']} {top['share']:.0%}" in text and "model='tiny-upstream'" in text
     assert repr(segmenter) == ("Segmenter('tiny-upstream', TorchRunner on cpu, fp32, 171 classes "
                                "(coco-stuff164k), crop 128x128, tta=False, batch_windows=1)")
+
+
+def test_quiet_silences_progress_and_the_final_line_prints_once(tmp_path, capsys, monkeypatch):
+    from vitadapter.cli import main
+
+    from .conftest import PHOTO
+    from .quick_runner import patch_cli
+
+    patch_cli(monkeypatch)
+    for argv in (["segment", "-q"], ["-q", "segment"]):
+        assert main([*argv, str(PHOTO), "--out", str(tmp_path / "q")]) == 0
+        err = capsys.readouterr().err
+        assert "|" not in err and err.startswith("segmented 1 image(s)")
+    assert main(["segment", str(PHOTO), "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("1/1 [") == 1 and "100%|" in err
+
+
+def test_windows_of_a_long_photo_are_noted(segmenter):
+    import io
+
+    from vitadapter.cli.window_progress import with_window_notes
+    from vitadapter.progress import Progress
+
+    from .conftest import PHOTO
+
+    stream = io.StringIO()
+    with Progress(1, "segment", stream=stream, interval=0) as bar:
+        noted, notes = with_window_notes(segmenter, bar)
+        notes.start("input.png")
+        labels = noted.segment(PHOTO).label_map
+        bar.advance()
+    assert (labels == segmenter.segment(PHOTO).label_map).all()
+    shown = stream.getvalue()
+    assert "input.png: 1 window(s) done" in shown and "input.png: 2 window(s) done" in shown

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():  # `vitadapter segment -q` as well
+        command_parser.add_argument("-q", "--quiet", action="store_true",
+                                    default=argparse.SUPPRESS, help="only print errors")
     return parser
 
 

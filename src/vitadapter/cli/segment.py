@@ -25,6 +25,7 @@ from .common import (
     prediction_settings,
     segmenter_from_args,
 )
+from .window_progress import with_window_notes
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
     done = 0
     if jobs:
         segmenter = segmenter_from_args(args)
-        with Progress(len(jobs), "segment") as bar:
+        with Progress(len(jobs), "segment", enabled=not args.quiet) as bar:
+            segmenter, notes = with_window_notes(segmenter, bar)
             for job in jobs:
+                notes.start(job.source.name)
                 try:
                     check_pixels(job.source, args.max_pixels)
                     result = segmenter.segment(job.source)
