@@ -138,3 +138,22 @@ def test_windows_of_a_long_photo_are_noted(segmenter):
     assert (labels == segmenter.segment(PHOTO).label_map).all()
     shown = stream.getvalue()
     assert "input.png: 1 window(s) done" in shown and "input.png: 2 window(s) done" in shown
+
+
+def test_the_releases_defective_palette_is_replaced(tmp_path):
+    import numpy as np
+
+    from vitadapter.backends.base import ModelInfo
+    from vitadapter.config.parse import load_config_file
+    from vitadapter.pipeline.classes import COCO_STUFF_MMSEG_PALETTE, DATASETS
+
+    from .quick_runner import TINY_CONFIG
+
+    cfg = load_config_file(TINY_CONFIG)
+    mmseg = np.asarray(COCO_STUFF_MMSEG_PALETTE, np.uint8)
+    assert len(np.unique(mmseg, axis=0)) < 171  # what the release checkpoints carry
+    info = ModelInfo.of(cfg, palette=mmseg)
+    assert (info.palette == DATASETS["coco-stuff164k"].palette_array()).all()
+    assert len(np.unique(info.palette, axis=0)) == 171
+    own = np.roll(DATASETS["coco-stuff164k"].palette_array(), 1, axis=0)
+    assert (ModelInfo.of(cfg, palette=own).palette == own).all()  # a checkpoint's own colours

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config.schema import ModelConfig
 from ..errors import ConfigError
-from ..pipeline.classes import dataset_info
+from ..pipeline.classes import dataset_info, replace_known_defective
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class ModelInfo:
         if classes is not None and len(classes) != config.num_classes:
             raise ConfigError(f"the checkpoint names {len(classes)} classes, the model "
                               f"predicts {config.num_classes}")
-        colours = (np.asarray(palette, np.uint8).reshape(-1, 3) if palette is not None
-                   else info.palette_array())
+        colours = (replace_known_defective(np.asarray(palette, np.uint8).reshape(-1, 3))
+                   if palette is not None else info.palette_array())
         if len(colours) != config.num_classes:
             raise ConfigError(f"the palette has {len(colours)} colours for "
                               f"{config.num_classes} classes")
