@@ -19,9 +19,12 @@ from importlib import resources
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from .access import Access, add_access_control
 from .errors import ServiceError, add_error_handlers
 from .openapi import SEGMENT_RESPONSES, UPLOAD_BODY, error_response
 from .render import OutputFormat, model_info, render, segment_and_render
@@ -30,13 +33,13 @@ from .state import Limits, ModelSlot, SegmenterLike
 from .uploads import checked_image, discard_body, read_body
 from .worker import InferenceQueue, Ticket
 
-__all__ = ["Limits", "SegmenterLike", "create_app"]
+__all__ = ["Access", "Limits", "SegmenterLike", "create_app"]
 
 T = TypeVar("T")
 
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; style-src 'unsafe-inline'; "
+                               "img-src 'self' data: blob:; style-src 'unsafe-inline'; "
                                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
@@ -44,10 +47,12 @@ PAGE_HEADERS = {
 
 def create_app(segmenter: SegmenterLike | None = None, *,
                loader: Callable[[], SegmenterLike] | None = None, limits: Limits | None = None,
-               on_load_error: Callable[[Exception], None] | None = None) -> FastAPI:
+               on_load_error: Callable[[Exception], None] | None = None,
+               access: Access | None = None) -> FastAPI:
     """The service around ``segmenter``, or around what ``loader`` returns: then the model is
     loaded on a thread at start-up, ``/v1/health`` answers 503 until it is ready, and
-    ``on_load_error`` is called if loading fails."""
+    ``on_load_error`` is called if loading fails. ``access``: an optional API key and the
+    other sites allowed to call it (:class:`Access`; by default no key, same origin only)."""
     if (segmenter is None) == (loader is None):
         raise ValueError("give either a segmenter or a loader")
     limits = limits or Limits()
@@ -63,9 +68,12 @@ def create_app(segmenter: SegmenterLike | None = None, *,
         queue.shutdown()
 
     app = FastAPI(title="vitadapter", version=__version__, lifespan=lifespan,
-                  description="ViT-Adapter + Mask2Former semantic segmentation over HTTP.")
+                  description="ViT-Adapter + Mask2Former semantic segmentation over HTTP.",
+                  docs_url=None, redoc_url=None)
     add_error_handlers(app)
+    add_access_control(app, access or Access())
     _add_page(app)
+    _add_docs(app)
 
     @app.get("/v1/health", response_model=HealthBody, summary="Readiness",
              responses={503: {"model": HealthBody, "description": "loading, or failed"}})
@@ -182,3 +190,17 @@ def _add_page(app: FastAPI) -> None:
     @app.get("/app.js", include_in_schema=False)
     async def app_js() -> Response:
         return Response(script, media_type="text/javascript", headers=PAGE_HEADERS)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI with its assets served from here (the copy of Swagger UI 5
+    that the fastapi-offline package ships), so it works offline; no CDN is contacted."""
+    assets = resources.files("fastapi_offline").joinpath("static")
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title="vitadapter API",
+                                   swagger_js_url="docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="docs-assets/favicon.png")
