@@ -98,7 +98,8 @@ def test_truncated_file(tmp_path):
         load_checkpoint(tiny_model(), path)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"{path}: not a readable checkpoint (corrupt or truncated?)")
+    assert message.startswith(f"{path}: not a readable checkpoint (corrupt, truncated, or not "
+                              "a PyTorch file)")
 
 
 def test_zip_without_checkpoint(tmp_path):

@@ -157,3 +157,90 @@ def test_the_releases_defective_palette_is_replaced(tmp_path):
     assert len(np.unique(info.palette, axis=0)) == 171
     own = np.roll(DATASETS["coco-stuff164k"].palette_array(), 1, axis=0)
     assert (ModelInfo.of(cfg, palette=own).palette == own).all()  # a checkpoint's own colours
+
+
+def test_image_error_messages(tmp_path, capsys, monkeypatch):
+    import io
+
+    from vitadapter.cli import main
+    from vitadapter.errors import ImageError
+    from vitadapter.pipeline.images import load_image
+
+    from .conftest import PHOTO
+    from .quick_runner import patch_cli
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageError) as caught:
+        load_image(bad)
+    assert str(caught.value) == f"{bad}: not a readable image (unknown format, or damaged)"
+    with pytest.raises(ImageError, match=r"^the file object: not a readable image"):
+        load_image(io.BytesIO(b"garbage"))
+    assert load_image(io.BytesIO(PHOTO.read_bytes())).shape == (200, 260, 3)
+    patch_cli(monkeypatch)
+    assert main(["-q", "segment", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {bad}: not a readable image (unknown format, or damaged)\n" in err
+    assert err.count(str(bad)) == 2  # once when it fails, once in the summary
+
+
+def test_checkpoint_error_messages(tmp_path):
+    import zipfile
+
+    import torch
+
+    from vitadapter import build_model, load_checkpoint
+    from vitadapter.errors import CheckpointError
+
+    from .conftest import CHECKPOINT, set_config
+
+    def message(path) -> str:
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(build_model(set_config("tiny-upstream"), device="meta"), path)
+        return str(caught.value)
+
+    text = tmp_path / "notes.pth"
+    text.write_text("hello world\n")
+    assert message(text) == (f"{text}: not a readable checkpoint (corrupt, truncated, or not "
+                             "a PyTorch file)")
+    release = tmp_path / "release.zip"
+    with zipfile.ZipFile(release, "w") as zf:
+        zf.writestr("model.pth", b"garbage" * 10)
+    assert message(release) == (f"{release}!model.pth: not a readable checkpoint (corrupt, "
+                                "truncated, or not a PyTorch file)")
+    state = torch.load(CHECKPOINT, weights_only=True)
+    state["state_dict"]["backbone.cls_token"] = state["state_dict"]["backbone.cls_token"].long()
+    torch.save(state, tmp_path / "int.pth")
+    assert message(tmp_path / "int.pth").splitlines()[1:] == [
+        "  integer weights: backbone.cls_token (torch.int64, expected floating point)",
+        "  likely cause: the weights were converted to integers (a damaged or wrongly "
+        "converted file)"]
+
+
+def test_malformed_metadata_is_a_clear_error():
+    import json
+
+    from vitadapter.backends.base import ModelInfo
+    from vitadapter.backends.onnx_metadata import read_metadata, write_metadata
+    from vitadapter.config.parse import load_config_file
+    from vitadapter.errors import ConfigError, OnnxModelError
+
+    from .quick_runner import TINY_CONFIG
+
+    cfg = load_config_file(TINY_CONFIG)
+    with pytest.raises(ConfigError, match=r"palette \(of the checkpoint or model file\) must "
+                                          r"be \[r, g, b\] triples of integers 0\.\.255"):
+        ModelInfo.of(cfg, palette=[[999, 0, 0]] * 171)
+    props = write_metadata(ModelInfo.of(cfg), "weights.pth")
+    config = json.loads(props["vitadapter.config"])
+    config["inference"]["stride"] = [0, 0]
+    cases = {
+        "vitadapter.palette": (json.dumps([[999, 0, 0]] * 171), "triples of integers"),
+        "vitadapter.config": (json.dumps(config), "stride (0, 0), size_divisor 32"),
+        "vitadapter.classes": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    }
+    for key, (value, reason) in cases.items():
+        with pytest.raises(OnnxModelError) as caught:
+            read_metadata({**props, key: value}, "model.onnx")
+        assert str(caught.value).startswith("model.onnx: unreadable vitadapter metadata: ")
+        assert reason in str(caught.value), key

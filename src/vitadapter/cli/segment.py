@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
                     write_outputs(result, job, out, args, segmenter)
                     done += 1
                 except (ImageError, VitAdapterError, OSError) as exc:
-                    failures.append((job.source, str(exc)))
-                    print(f"error: {job.source}: {exc}", file=sys.stderr)
+                    reason = str(exc).removeprefix(f"{job.source}: ")  # the path once
+                    failures.append((job.source, reason))
+                    print(f"error: {job.source}: {reason}", file=sys.stderr)
                 bar.advance(note=job.source.name)
     print(f"segmented {done} image(s) into {out}" + (f"; {len(failures)} failed:" if failures
                                                       else ""), file=sys.stderr)

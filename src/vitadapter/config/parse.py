@@ -72,6 +72,8 @@ def load_config_file(path: str | Path) -> ModelConfig:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the JSON is nested too deeply to be a config") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         if path.suffix == ".py":
             raise ConfigError(

@@ -158,6 +158,12 @@ def validate(cfg: ModelConfig) -> None:
             f"backbone.img_size must be a multiple of 32 with patch_size 16 "
             f"(got img_size={b.img_size}, patch_size={b.patch_size})"
         )
+    inf = cfg.inference
+    if (min(inf.stride) < 1 or inf.size_divisor < 1 or min(inf.img_scale) < 1
+            or min(abs(v) for v in inf.std) == 0):
+        raise ConfigError(f"inference: stride {tuple(inf.stride)}, size_divisor "
+                          f"{inf.size_divisor} and img_scale {tuple(inf.img_scale)} must be "
+                          f"positive and std {tuple(inf.std)} non-zero")
     if tuple(cfg.inference.crop_size) != (b.img_size, b.img_size):
         raise ConfigError(
             f"test crop_size {tuple(cfg.inference.crop_size)} must equal the backbone img_size "

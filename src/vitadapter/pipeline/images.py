@@ -23,7 +23,8 @@ MAX_DOWNLOAD_BYTES = 200 * 2**20
 def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
     """Any supported input as an (H, W, 3) uint8 RGB array.
 
-    Accepted: a path or ``http(s)://`` URL; a ``PIL.Image`` in any mode (EXIF orientation
+    Accepted: a path or ``http(s)://`` URL; encoded bytes or a file object (``open(...,
+    "rb")``, ``io.BytesIO``); a ``PIL.Image`` in any mode (EXIF orientation
     applied; alpha dropped as OpenCV and ModelScope do; 16-bit reduced to 8-bit); a numpy
     array (H, W, 3|4) or (H, W) of uint8 (uint16, bool, and float in [0, 1] are converted) in
     RGB order, or BGR with ``channel_order="bgr"`` (arrays from OpenCV); a torch tensor
@@ -36,14 +37,19 @@ def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray
         if text.startswith(("http://", "https://")):
             return decode_image(_download(text), text)
         return read_image_file(Path(text))
+    if isinstance(image, bytes | bytearray | memoryview):
+        return decode_image(bytes(image), "the image bytes")
+    if hasattr(image, "read"):  # an open file or io.BytesIO
+        return decode_image(image.read(), str(getattr(image, "name", "the file object")))
     if isinstance(image, Image.Image):
         return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         return array_to_rgb(image, channel_order)
     if type(image).__module__.split(".")[0] == "torch":  # no torch import for the ONNX path
         return _tensor_to_rgb(image, channel_order)
-    raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a URL, a "
-                     "PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor")
+    raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a URL, "
+                     "bytes, a file object, a PIL image, an (H, W, 3) uint8 array or a "
+                     "(3, H, W) tensor")
 
 
 def read_image_file(path: Path) -> np.ndarray:
@@ -75,7 +81,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return pil_to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (unknown format, or damaged)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: not a readable image ({exc})") from None
     except Exception as exc:  # Pillow's plugins raise many kinds (decompression bombs, ...)
         raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})"
