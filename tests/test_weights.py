@@ -196,3 +196,17 @@ def test_damaged_cache_names_the_file_to_delete(release_zip, cache_home):
     cached.write_bytes(cached.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=f"delete {cached} and run again"):
         Segmenter(config=cfg, device="cpu")
+
+
+def test_quiet_logging_silences_the_download_bar(release_zip, cache_home, capsys, caplog):
+    import logging
+
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url)
+        with caplog.at_level(logging.WARNING, logger="vitadapter"):  # vitadapter -q
+            fetch_weights(cfg)
+        assert "download release.zip" not in capsys.readouterr().err
+        cached_weights_path(cfg).unlink()
+        with caplog.at_level(logging.INFO, logger="vitadapter"):
+            fetch_weights(cfg)
+        assert "download release.zip" in capsys.readouterr().err

@@ -40,10 +40,13 @@ def cached_weights_path(cfg: ModelConfig) -> Path:
     return cache_dir() / f"{cfg.name}.safetensors"
 
 
-def fetch_weights(cfg: ModelConfig, *, progress: bool = True) -> Path:
+def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
     """The cached safetensors weights of ``cfg``, downloading, verifying and converting them
     first if needed. Processes sharing a cache take turns (a lock per file): the second one
-    finds the weights stored by the first."""
+    finds the weights stored by the first. ``progress`` (a bar on stderr) defaults to on
+    unless logging is quieter than INFO (``vitadapter -q``)."""
+    if progress is None:
+        progress = logger.isEnabledFor(logging.INFO)
     target = cached_weights_path(cfg)
     if target.is_file():
         return target
