@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("skipping %s: an output of vitadapter segment in --out", path)
     if not jobs:
         raise VitAdapterError("no images found in " + " ".join(args.inputs))
-    jobs = assign_stems(jobs, out)
+    jobs, new_names = assign_stems(jobs, out)
     if args.skip_existing:
         todo = [j for j in jobs if not outputs.is_done(out, j.stem, j.source)]
         if len(todo) < len(jobs):
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     done = 0
     if jobs:
         segmenter = segmenter_from_args(args)
+        outputs.append_manifest(out, new_names)  # once the model is there: no --out otherwise
         with Progress(len(jobs), "segment", enabled=not args.quiet) as bar:
             segmenter, notes = with_window_notes(segmenter, bar)
             for job in jobs:
@@ -169,10 +170,10 @@ def _from_folder_above(job: Job, out_dir: Path) -> bool:
     return root != out_dir and root in out_dir.parents
 
 
-def assign_stems(jobs: list[Job], out: Path) -> list[Job]:
+def assign_stems(jobs: list[Job], out: Path) -> tuple[list[Job], dict[str, Path]]:
     """Give each input the output stem recorded for it by an earlier run, and new inputs a
     stem no other input has (``name-2``, ``name-3``, ...) and whose outputs are no input;
-    record the new ones."""
+    also the new ones, to record."""
     recorded = outputs.read_manifest(out)
     taken = set(recorded.values())
     inputs = {job.source.resolve() for job in jobs}
@@ -191,8 +192,7 @@ def assign_stems(jobs: list[Job], out: Path) -> list[Job]:
             new[source] = stem
             taken.add(stem)
         assigned.append(Job(job.source, stem))
-    outputs.append_manifest(out, new)
-    return assigned
+    return assigned, new
 
 
 def write_outputs(result: SegmentationResult, job: Job, out: Path, args: argparse.Namespace,
