@@ -334,24 +334,12 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_resume_after_a_real_kill_mid_record(dataset_root, tmp_path, monkeypatch):
-    import signal
-    import textwrap
-
+    from .helpers import kill_when_torn
     from .quick_runner import quick_segmenter
 
-    root = Path(__file__).resolve().parents[1]
     args = ["-q", "evaluate", "--data-root", str(dataset_root), "--dataset", "coco-stuff164k",
             "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(root / "src")}
-    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_EVALUATION),
-                                str(root), *args, "--out", str(tmp_path / "killed")],
-                               stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "TORN"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+    assert kill_when_torn(KILLED_EVALUATION, *args, "--out", str(tmp_path / "killed")) == -9
     records = (tmp_path / "killed" / "partial" / "rank-0.jsonl").read_text()
     assert records.count("\n") == 2 and not records.endswith("\n")
     monkeypatch.setattr("vitadapter.cli.evaluate.segmenter_from_args", quick_segmenter)

@@ -3,9 +3,6 @@ file's error, and the batch goes on."""
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
 from PIL import Image
 
@@ -14,6 +11,7 @@ from vitadapter.errors import ImageError
 from vitadapter.pipeline.images import load_image
 
 from .conftest import PHOTO
+from .helpers import png_with_header
 from .quick_runner import patch_cli
 
 
@@ -22,20 +20,9 @@ def quick_backend(monkeypatch):
     patch_cli(monkeypatch)
 
 
-def declared_png(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares ``width`` x ``height`` pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
-
-
 def test_opencv_errors_are_image_errors(tmp_path):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(declared_png(60000, 60000))
+    bomb.write_bytes(png_with_header(60000, 60000))
     with pytest.raises(ImageError, match=r"bomb\.png: OpenCV cannot decode it "
                                          r"\(pixels <= CV_IO_MAX_IMAGE_PIXELS\)"):
         load_image(bomb)
@@ -44,8 +31,8 @@ def test_opencv_errors_are_image_errors(tmp_path):
 def test_a_bad_photo_does_not_stop_the_batch(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    (photos / "a_bomb.png").write_bytes(declared_png(60000, 60000))
-    (photos / "b_huge.png").write_bytes(declared_png(12000, 12000))
+    (photos / "a_bomb.png").write_bytes(png_with_header(60000, 60000))
+    (photos / "b_huge.png").write_bytes(png_with_header(12000, 12000))
     Image.open(PHOTO).convert("RGB").save(photos / "c.png")
     out = tmp_path / "out"
     assert main(["-q", "segment", str(photos), "--out", str(out)]) == 1

@@ -4,11 +4,7 @@ outputs never taken for inputs; a real process killed in the middle of writing."
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +14,7 @@ from PIL import Image
 from vitadapter.cli import main
 
 from .conftest import PHOTO
+from .helpers import kill_when_torn
 from .quick_runner import patch_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +62,12 @@ def test_partial_outputs_are_redone(tmp_path, capsys):
 TORN_WRITER = """
 import pathlib, sys, time
 from PIL import Image
-sys.path.insert(0, sys.argv[2])
+sys.path.insert(0, sys.argv[1])
 from tests.quick_runner import patch_cli
 from vitadapter.cli import main
 
 patch_cli()
-WHAT = sys.argv[1]
+WHAT = sys.argv[2]
 real_write_text, real_save = pathlib.Path.write_text, Image.Image.save
 
 def stop_here(path, data):
@@ -101,18 +98,8 @@ sys.exit(main(sys.argv[3:]))
 def test_killed_mid_write_then_skip_existing_redoes_the_image(what, tmp_path, capsys):
     photos = photos_with(tmp_path, "a.png")
     out = tmp_path / "out"
-    args = ["-q", "segment", str(photos), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(TORN_WRITER), what,
-                                str(ROOT), *args],
-                               stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "TORN"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    killed = kill_when_torn(TORN_WRITER, what, "-q", "segment", str(photos), "--out", str(out))
+    assert killed == -signal.SIGKILL
     assert segment(str(photos), "--out", str(out), "--skip-existing") == 0
     assert summary(capsys).startswith("segmented 1 image(s)")
     report = json.loads((out / "a.json").read_text())

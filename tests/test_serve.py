@@ -8,12 +8,10 @@ import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from .conftest import (
     set_config,
     single_thread,
 )
+from .helpers import png_with_header
 
 pytest.importorskip("fastapi", reason="the serve extra is missing: pip install -e '.[test,serve]'")
 httpx = pytest.importorskip("httpx")
@@ -201,17 +200,6 @@ def test_tta(server, segmenter):
     assert body["tta"] is True
     assert [(c["id"], c["pixels"]) for c in body["classes"]] == [
         (r["id"], r["pixels"]) for r in reference.summary()]
-
-
-def png_with_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels, a few hundred bytes long: what
-    a decompression bomb shows before it is inflated."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
