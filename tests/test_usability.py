@@ -121,13 +121,16 @@ def test_quiet_silences_progress_and_the_final_line_prints_once(tmp_path, capsys
     assert err.count("1/1 [") == 1 and "100%|" in err
 
 
-def test_windows_of_a_long_photo_are_noted(segmenter):
+def test_windows_of_a_long_photo_are_noted():
     import io
 
     from vitadapter.cli.window_progress import with_window_notes
     from vitadapter.progress import Progress
 
     from .conftest import PHOTO
+    from .quick_runner import quick_segmenter
+
+    segmenter = quick_segmenter()
 
     stream = io.StringIO()
     with Progress(1, "segment", stream=stream, interval=0) as bar:
