@@ -2,7 +2,7 @@
 
 A random full-size checkpoint is written once as safetensors and as an official-style ``.pth``;
 each load runs in its own process the way ``Segmenter`` does it (build on the meta device, fill
-from the file; safetensors are memory-mapped). The files were just written, so they load from
+from the file; read into memory, never mapped). The files were just written, so they load from
 the page cache: a cold disk adds its read time.
 
     python benchmarks/load_checkpoint.py [--formats safetensors pth] [--device cpu]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,7 +98,8 @@ def test_truncated_file(tmp_path):
         load_checkpoint(tiny_model(), path)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"{path}: not a readable checkpoint (corrupt or truncated?)")
+    assert message.startswith(f"{path}: not a readable checkpoint (corrupt, truncated, or not "
+                              "a PyTorch file)")
 
 
 def test_zip_without_checkpoint(tmp_path):
@@ -231,3 +234,38 @@ def test_truncated_safetensors(tmp_path):
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tiny_model(), tmp_path / "absent.pth")
+
+
+CHANGED_UNDER_US = """
+import os, sys, torch
+from vitadapter import build_model, load_checkpoint
+from vitadapter.config.parse import load_config_file
+from vitadapter.weights.checkpoint import convert_to_safetensors
+
+config, checkpoint, copy = sys.argv[1:]
+convert_to_safetensors(checkpoint, copy)
+model = build_model(load_config_file(config), device="meta")
+load_checkpoint(model, copy)
+with open(copy, "r+b") as f:  # rewritten in place, then truncated, while the model lives
+    f.seek(4096)
+    f.write(b"\\xff" * 4096)
+    f.truncate(8192)
+reference = build_model(load_config_file(config), device="meta")
+load_checkpoint(reference, checkpoint)
+same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                              reference.state_dict().values(), strict=True))
+print("same" if same else "changed", flush=True)
+"""
+
+
+def test_weights_survive_the_file_changing_under_them(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", CHANGED_UNDER_US, str(set_config("tiny-upstream")),
+         str(CHECKPOINT), str(tmp_path / "copy.safetensors")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert (done.returncode, done.stdout.strip()) == (0, "same"), done.stderr[-2000:]

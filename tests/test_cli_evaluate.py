@@ -275,3 +275,78 @@ def test_torchrun_two_processes_equal_one(full_run, dataset_root, tmp_path):
     # one process resuming the two processes' records has nothing left and the same result
     assert evaluate(dataset_root, out, "--resume") == 0
     assert load_metrics(out) == load_metrics(full_run)
+
+
+def test_resume_checks_precision_and_checkpoint_content(full_run, dataset_root, tmp_path,
+                                                        capsys):
+    import hashlib
+
+    import torch
+
+    report = json.loads((full_run / "metrics.json").read_text())
+    assert report["precision"] == "fp32" and report["device_kind"] == "cpu"
+    assert report["checkpoint_sha256"] == hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest()
+    shutil.copytree(full_run / "partial", tmp_path / "partial")
+    moved = tmp_path / "moved.pth"
+    shutil.copy(CHECKPOINT, moved)
+    other = [arg if arg != str(CHECKPOINT) else str(moved) for arg in MODEL]
+
+    def resume(*extra: str) -> int:
+        return main(["-q", "evaluate", "--data-root", str(dataset_root), "--dataset",
+                     "coco-stuff164k", *other, "--out", str(tmp_path), "--resume", *extra])
+
+    assert resume() == 0  # the same weights under another name: nothing to evaluate again
+    assert json.loads((tmp_path / "metrics.json").read_text())["mIoU"] == report["mIoU"]
+    capsys.readouterr()
+    assert resume("--precision", "int8") == 2
+    assert "precision: saved 'fp32', now 'int8'" in capsys.readouterr().err
+    state = torch.load(moved, weights_only=True)
+    weights = state.get("state_dict", state)
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = weights[key] + 1
+    torch.save(state, moved)
+    assert resume() == 2
+    assert "checkpoint_sha256: saved '" in capsys.readouterr().err
+
+
+KILLED_EVALUATION = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.quick_runner import quick_segmenter
+import vitadapter.cli.evaluate
+from vitadapter.cli import main
+from vitadapter.evaluation.records import RecordLog
+
+vitadapter.cli.evaluate.segmenter_from_args = quick_segmenter
+real_write, lines = RecordLog._write, []
+
+def write(self, entry):
+    lines.append(entry)
+    if len(lines) == 3:  # the settings, one image, then half of the next image's record
+        import json
+        text = json.dumps(entry)
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        print("TORN", flush=True)
+        time.sleep(600)
+    real_write(self, entry)
+
+RecordLog._write = write
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_resume_after_a_real_kill_mid_record(dataset_root, tmp_path, monkeypatch):
+    from .helpers import kill_when_torn
+    from .quick_runner import quick_segmenter
+
+    args = ["-q", "evaluate", "--data-root", str(dataset_root), "--dataset", "coco-stuff164k",
+            "--device", "cpu"]
+    assert kill_when_torn(KILLED_EVALUATION, *args, "--out", str(tmp_path / "killed")) == -9
+    records = (tmp_path / "killed" / "partial" / "rank-0.jsonl").read_text()
+    assert records.count("\n") == 2 and not records.endswith("\n")
+    monkeypatch.setattr("vitadapter.cli.evaluate.segmenter_from_args", quick_segmenter)
+    assert main([*args, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    killed, whole = (load_metrics(tmp_path / name) for name in ("killed", "whole"))
+    assert killed["images"] == 4 and killed == whole

@@ -62,11 +62,12 @@ def test_summary_shares(result):
     assert rows[0]["color"] == [int(v) for v in result.palette[rows[0]["id"]]]
 
 
-def test_checkpoint_palette_overrides_the_default(segmenter):
-    # The reference checkpoint's meta carries mmseg's palette (with its repeated colours).
-    assert segmenter.palette[0].tolist() == [0, 192, 64]
-    assert segmenter.palette[1].tolist() == [0, 192, 64]
+def test_checkpoints_defective_palette_is_replaced_by_the_default(segmenter):
+    # The reference checkpoint's meta carries mmseg's palette (with its repeated colours): the
+    # fixed default takes its place.
     default = DATASETS["coco-stuff164k"]
+    assert segmenter.palette[0].tolist() == [0, 192, 64]
+    assert (segmenter.palette == default.palette_array()).all()
     assert default.classes == COCO_STUFF_CLASSES and len(set(default.palette)) == 171
     assert (0, 0, 0) not in default.palette
 

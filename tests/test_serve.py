@@ -8,12 +8,10 @@ import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from .conftest import (
     set_config,
     single_thread,
 )
+from .helpers import png_with_header
 
 pytest.importorskip("fastapi", reason="the serve extra is missing: pip install -e '.[test,serve]'")
 httpx = pytest.importorskip("httpx")
@@ -203,17 +202,6 @@ def test_tta(server, segmenter):
         (r["id"], r["pixels"]) for r in reference.summary()]
 
 
-def png_with_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels, a few hundred bytes long: what
-    a decompression bomb shows before it is inflated."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
-
-
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
@@ -301,6 +289,19 @@ def test_32_concurrent_clients_get_200_or_503(server):
     assert server.post(photo).status_code == 200
 
 
+def segment_posts(server: Server) -> int:
+    """The POST /v1/segment requests in the server's access log so far."""
+    return server.log.read_text(errors="replace").count('"POST /v1/segment')
+
+
+def test_docs_assets_are_served_locally(server):
+    page = httpx.get(f"{server.url}/docs")
+    assert page.status_code == 200
+    assert "docs-assets/swagger-ui-bundle.js" in page.text and "cdn." not in page.text
+    script = httpx.get(f"{server.url}/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+
+
 def test_page_in_headless_chromium(server, reference, tmp_path):
     """Upload the photo on the page and find the overlay and the legend. Selenium drives
     Debian's chromium through Debian's chromedriver (same version, given by path, so Selenium
@@ -324,11 +325,27 @@ def test_page_in_headless_chromium(server, reference, tmp_path):
         driver.get(f"{server.url}/")
         WebDriverWait(driver, 30).until(
             lambda d: d.find_element(By.ID, "model-name").text == "tiny-upstream")
-        driver.find_element(By.ID, "file").send_keys(str(PHOTO.resolve()))  # submits
+        # the empty state: an invitation, no result area, no broken image
+        assert not driver.find_element(By.ID, "result").is_displayed()
+        assert not driver.find_element(By.ID, "overlay").is_displayed()
+        assert driver.find_element(By.ID, "status").text == "Choose a photo, then Segment."
+        posts = segment_posts(server)
+        driver.find_element(By.ID, "file").send_keys(str(PHOTO.resolve()))
+        time.sleep(0.5)
+        assert segment_posts(server) == posts  # choosing a file does not submit
+        driver.find_element(By.ID, "submit").click()
+        driver.find_element(By.ID, "submit").click()  # a second click while it runs: ignored
         WebDriverWait(driver, 60).until(lambda d: d.execute_script(
             "const img = document.getElementById('overlay');"
             "return !document.getElementById('result').hidden && img.complete"
             " && img.naturalWidth > 0;"))
+        assert segment_posts(server) == posts + 1
+        driver.execute_script("const s = document.getElementById('alpha'); s.value = '0.8';"
+                              "s.dispatchEvent(new Event('input'));")
+        assert driver.find_element(By.ID, "overlay").value_of_css_property("opacity") == "0.8"
+        assert driver.find_element(By.ID, "photo").get_attribute("naturalWidth") == "260"
+        time.sleep(0.5)
+        assert segment_posts(server) == posts + 1  # the opacity needs no new inference
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
         size = driver.execute_script("const img = document.getElementById('overlay');"
@@ -347,6 +364,19 @@ def test_page_in_headless_chromium(server, reference, tmp_path):
         assert not driver.find_element(By.ID, "error").is_displayed()
         problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not problems, problems  # no script error, no refused CSP rule
+        # an error hides the earlier result
+        notes = tmp_path / "notes.png"
+        notes.write_bytes(b"shopping list")
+        driver.find_element(By.ID, "file").send_keys(str(notes))
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert "not an image" in driver.find_element(By.ID, "error").text
+        assert not driver.find_element(By.ID, "result").is_displayed()
+        # /docs works without the network: its assets come from the server
+        driver.get(f"{server.url}/docs")
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "const t = document.querySelector('.swagger-ui .info .title');"
+            "return t && t.textContent.startsWith('vitadapter');"))
     finally:
         driver.quit()
 

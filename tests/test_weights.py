@@ -123,3 +123,90 @@ def test_config_without_release_weights():
     cfg = resolve_config(set_config("tiny-upstream"))
     with pytest.raises(CheckpointError, match="has no release weights to download"):
         Segmenter(config=cfg, device="cpu")
+
+
+class OddServer(ReleaseServer):
+    """Serves ``bodies`` in turn, each as a 200 answer, without Content-Length for bytes."""
+
+    def __init__(self, *bodies: bytes | str) -> None:
+        super().__init__(b"")
+        queue = list(bodies)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.headers.get("Range"))
+                body = queue.pop(0) if len(queue) > 1 else queue[0]
+                self.send_response(200)
+                if isinstance(body, str):  # an error page, with its length
+                    body = body.encode()
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd.RequestHandlerClass = Handler
+
+
+@pytest.mark.parametrize("bad", ["<!DOCTYPE html><html><body>Rate limited</body></html>",
+                                 "truncated"])
+def test_a_bad_download_is_deleted_not_reused(bad, release_zip, cache_home):
+    first = release_zip[: len(release_zip) // 2] if bad == "truncated" else bad
+    with OddServer(first, release_zip) as server:
+        cfg = tiny_config(server.url)
+        with pytest.raises(CheckpointError, match=r"is not the release weights .*it was deleted, "
+                                                  r"run the same command again"):
+            fetch_weights(cfg, progress=False)
+        assert sorted(p.name for p in (cache_home / "downloads").iterdir()) == [
+            "release.zip.lock"]
+        assert fetch_weights(cfg, progress=False) == cached_weights_path(cfg)
+
+
+def test_pinned_sha256_is_checked(release_zip, cache_home):
+    import hashlib
+
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url).replace(weights_sha256="0" * 64)
+        digest = hashlib.sha256(release_zip).hexdigest()
+        with pytest.raises(CheckpointError, match=f"SHA-256 {digest}, expected 0000"):
+            fetch_weights(cfg, progress=False)
+        cfg = cfg.replace(weights_sha256=hashlib.sha256(release_zip).hexdigest())
+        assert fetch_weights(cfg, progress=False).is_file()
+
+
+def test_concurrent_first_downloads_share_one(release_zip, cache_home):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url)
+        with ThreadPoolExecutor(2) as pool:
+            paths = list(pool.map(lambda _: fetch_weights(cfg, progress=False), range(2)))
+        assert len(server.requests) == 1
+    assert paths == [cached_weights_path(cfg)] * 2
+
+
+def test_damaged_cache_names_the_file_to_delete(release_zip, cache_home):
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url)
+        cached = fetch_weights(cfg, progress=False)
+    cached.write_bytes(cached.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=f"delete {cached} and run again"):
+        Segmenter(config=cfg, device="cpu")
+
+
+def test_quiet_logging_silences_the_download_bar(release_zip, cache_home, capsys, caplog):
+    import logging
+
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url)
+        with caplog.at_level(logging.WARNING, logger="vitadapter"):  # vitadapter -q
+            fetch_weights(cfg)
+        assert "download release.zip" not in capsys.readouterr().err
+        cached_weights_path(cfg).unlink()
+        with caplog.at_level(logging.INFO, logger="vitadapter"):
+            fetch_weights(cfg)
+        assert "download release.zip" in capsys.readouterr().err

@@ -1,74 +1,39 @@
-"""A small progress bar with ETA for the command line (stderr; quiet when not a terminal)."""
+"""Progress bars for the command line (tqdm on stderr): redrawn in place on a terminal, at
+most every ``interval`` seconds otherwise so that logs stay readable; off with ``-q``."""
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
+
+from tqdm import tqdm
 
 
 class Progress:
-    """``with Progress(total, "segment") as bar: ... bar.advance(note)``.
-
-    On a terminal the bar is redrawn in place; otherwise a line is printed at most every
-    ``interval`` seconds, so logs stay readable.
-    """
+    """``with Progress(total, "segment") as bar: ... bar.advance(note=...)``; ``bar.note(text)``
+    shows what the current item is doing (e.g. its slide windows) without advancing."""
 
     def __init__(self, total: int | None, label: str, *, stream: TextIO | None = None,
                  unit: str = "", interval: float = 10.0, enabled: bool = True) -> None:
-        self.total, self.label, self.unit, self.enabled = total, label, unit, enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval = interval
-        self.done = 0
-        self.note = ""
-        self.start = time.monotonic()
-        self._last = 0.0
+        stream = stream or sys.stderr
+        tty = stream.isatty()
+        self.bar = tqdm(total=total, desc=label, file=stream, disable=not enabled,
+                        unit="B" if unit == "B" else "it", unit_scale=unit == "B",
+                        unit_divisor=1024, mininterval=0.2 if tty else interval,
+                        maxinterval=max(interval, 10.0), dynamic_ncols=tty, ascii=not tty)
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._draw(final=True)
+        self.bar.close()
 
     def advance(self, amount: int = 1, note: str = "") -> None:
-        self.done += amount
-        self.note = note
-        self._draw()
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update(amount)
 
-    def _draw(self, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled:
-            return
-        if not final and not self.tty and now - self._last < self.interval:
-            return
-        self._last = now
-        elapsed = now - self.start
-        text = f"{self.label}: {_amount(self.done, self.unit)}"
-        if self.total:
-            fraction = min(self.done / self.total, 1.0)
-            bar = "#" * int(24 * fraction)
-            eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            text = (f"{self.label} [{bar:<24}] {_amount(self.done, self.unit)}/"
-                    f"{_amount(self.total, self.unit)} {_clock(elapsed)} elapsed, "
-                    f"ETA {_clock(eta)}")
-        if self.note:
-            text += f"  {self.note}"
-        if self.tty:
-            end = "\n" if final else ""
-            self.stream.write(f"\r\033[K{text}{end}")
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _amount(value: int, unit: str) -> str:
-    if unit == "B":
-        return f"{value / 2**20:.1f} MiB"
-    return str(value)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    def note(self, text: str) -> None:
+        """Show ``text`` beside the bar (redrawn at the bar's own pace)."""
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update(0)

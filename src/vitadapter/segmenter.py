@@ -19,7 +19,7 @@ import numpy as np
 from .backends.base import CropRunner
 from .config.presets import SEED_PRESET
 from .config.schema import Behaviour, ModelConfig, Precision
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .pipeline.images import ChannelOrder, load_image
 from .pipeline.merge import LabelMap, merge_views
 from .pipeline.preprocess import View, augmented_views, preprocess
@@ -40,7 +40,8 @@ class Segmenter:
     ``model`` is a preset name, or a loaded crop runner (a backend of
     :mod:`vitadapter.backends`); ``config`` (a path to a config.json, a dict or a ModelConfig)
     replaces the preset. Without ``checkpoint`` a preset's release weights are taken from the
-    cache (``$VITADAPTER_HOME``) or downloaded once. ``device`` defaults to CUDA when available.
+    cache (``$VITADAPTER_HOME``) or downloaded once. ``device`` defaults to CUDA when available
+    (an integer is a CUDA index).
     ``tta`` turns on the official multi-scale + flip test-time augmentation; ``batch_windows``
     runs that many slide windows per forward pass (same results, more memory). ``precision``
     is ``"fp32"`` (default, the official numbers), ``"bf16"`` (autocast, CPU or CUDA),
@@ -50,7 +51,7 @@ class Segmenter:
     """
 
     def __init__(self, model: str | CropRunner = SEED_PRESET, *, config: Any = None,
-                 checkpoint: str | Path | None = None, device: str | None = None,
+                 checkpoint: str | Path | None = None, device: str | int | None = None,
                  behaviour: Behaviour | None = None, tta: bool = False,
                  batch_windows: int = 1, trust_checkpoint: bool = False,
                  precision: Precision = "fp32") -> None:
@@ -95,6 +96,14 @@ class Segmenter:
 
         runner = OnnxRunner.load(path, providers=providers, threads=threads)
         return cls(runner, tta=tta, batch_windows=batch_windows)
+
+    def __repr__(self) -> str:
+        precision = getattr(self.runner, "precision", None)
+        crop = "x".join(str(v) for v in self.config.inference.crop_size)
+        return (f"Segmenter({self.name!r}, {type(self.runner).__name__} on {self.device}"
+                f"{f', {precision}' if precision else ''}, {self.config.num_classes} classes "
+                f"({self.config.dataset}), crop {crop}, "
+                f"tta={self.tta}, batch_windows={self.batch_windows})")
 
     @property
     def config(self) -> ModelConfig:
@@ -163,6 +172,11 @@ def _load_torch_runner(config: Any, checkpoint: str | Path | None, **kwargs: Any
     from .weights.download import fetch_weights
 
     cfg = resolve_config(config, kwargs.pop("behaviour"))
-    if checkpoint is None:
-        checkpoint = fetch_weights(cfg)
-    return TorchRunner.load(cfg, checkpoint, **kwargs)
+    if checkpoint is not None:
+        return TorchRunner.load(cfg, checkpoint, **kwargs)
+    cached = fetch_weights(cfg)
+    try:
+        return TorchRunner.load(cfg, cached, **kwargs)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}. The cached weights are damaged: delete {cached} and "
+                              "run again to download them again") from None

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +91,8 @@ class _Photo:
     item: Prepared
     start: float
     slides: list[Any] = field(default_factory=list)
-    missing: int = 0
+    missing: int = 0  # windows still to score
+    total: int = 0
 
 
 class _Windows:
@@ -149,10 +150,12 @@ class _Windows:
 
 def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int = 0,
                    batch_windows: int | None = None, tta: bool | None = None,
+                   on_windows: Callable[[int, int, int], None] | None = None,
                    ) -> Iterator[tuple[int, SegmentationResult | Exception]]:
     """``(index, result)`` for each image (a path, array or PIL image as
     :func:`~vitadapter.pipeline.images.load_image` takes), in order; ``result`` is the
-    exception instead where the image could not be read."""
+    exception instead where the image could not be read. ``on_windows(index, done, total)``
+    is called as the slide windows of a photo are scored (progress inside large photos)."""
     images = list(images)
     batch = batch_windows or segmenter.batch_windows
     windows = _Windows(segmenter)
@@ -170,12 +173,16 @@ def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int 
             pending.append(photo)
             if item.error is None:
                 queued.extend((photo, *crop) for crop in windows.open(photo))
+                photo.total = photo.missing
         if queued:
             chunk = [queued.popleft() for _ in range(min(batch, len(queued)))]
             for (photo, slide, _, _), scores in zip(
                     chunk, windows.score([c[1:] for c in chunk]), strict=True):
                 slide.scores.append(scores)
                 photo.missing -= 1
+            if on_windows is not None:
+                for photo in {id(c[0]): c[0] for c in chunk}.values():
+                    on_windows(photo.item.index, photo.total - photo.missing, photo.total)
         while pending and (pending[0].item.error is not None or pending[0].missing == 0):
             photo = pending.popleft()
             yield photo.item.index, _finish(photo, windows, segmenter)

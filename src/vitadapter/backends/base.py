@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config.schema import ModelConfig
 from ..errors import ConfigError
-from ..pipeline.classes import dataset_info
+from ..pipeline.classes import dataset_info, replace_known_defective
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ModelInfo:
         if classes is not None and len(classes) != config.num_classes:
             raise ConfigError(f"the checkpoint names {len(classes)} classes, the model "
                               f"predicts {config.num_classes}")
-        colours = (np.asarray(palette, np.uint8).reshape(-1, 3) if palette is not None
+        colours = (replace_known_defective(_palette(palette)) if palette is not None
                    else info.palette_array())
         if len(colours) != config.num_classes:
             raise ConfigError(f"the palette has {len(colours)} colours for "
@@ -55,3 +55,16 @@ class CropRunner(Protocol):
     info: ModelInfo
 
     def __call__(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+def _palette(values: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """``values`` as (N, 3) uint8 colours; :class:`ConfigError` for anything else."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        array = np.asarray([])
+    if (array.ndim != 2 or array.shape[1:] != (3,) or not np.issubdtype(array.dtype, np.integer)
+            or (array.size and (array.min() < 0 or array.max() > 255))):
+        raise ConfigError("the palette (of the checkpoint or model file) must be [r, g, b] "
+                          "triples of integers 0..255, one per class")
+    return array.astype(np.uint8)

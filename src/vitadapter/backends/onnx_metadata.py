@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
 from ..config.parse import config_from_dict
 from ..errors import ConfigError, OnnxModelError
@@ -93,13 +91,15 @@ def read_metadata(props: Mapping[str, str], source: str = "model") -> OnnxMetada
                 f"{FORMAT_VERSION}: upgrade vitadapter")
         config = config_from_dict(json.loads(props["vitadapter.config"]))
         classes = tuple(str(c) for c in json.loads(props["vitadapter.classes"]))
-        palette = np.asarray(json.loads(props["vitadapter.palette"]), np.uint8).reshape(-1, 3)
-    except (ValueError, TypeError, ConfigError) as exc:
+        palette = json.loads(props["vitadapter.palette"])
+        if len(classes) != config.num_classes or len(palette) != config.num_classes:
+            raise OnnxModelError(f"{source}: metadata names {len(classes)} classes and "
+                                 f"{len(palette)} colours for {config.num_classes} outputs")
+        info = ModelInfo.of(config, classes, palette)
+    except (ValueError, TypeError, ConfigError, RecursionError) as exc:
         if isinstance(exc, OnnxModelError):
             raise
-        raise OnnxModelError(f"{source}: unreadable vitadapter metadata: {exc}") from None
-    if len(classes) != config.num_classes or len(palette) != config.num_classes:
-        raise OnnxModelError(f"{source}: metadata names {len(classes)} classes and "
-                             f"{len(palette)} colours for {config.num_classes} outputs")
-    return OnnxMetadata(ModelInfo(config, classes, palette), props["vitadapter.dtype"],
-                        props["vitadapter.weights"], props["vitadapter.version"])
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise OnnxModelError(f"{source}: unreadable vitadapter metadata: {reason}") from None
+    return OnnxMetadata(info, props["vitadapter.dtype"], props["vitadapter.weights"],
+                        props["vitadapter.version"])

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..config.schema import Behaviour, Precision
+from ..errors import ConfigError
 from ..modeling.build import ConfigLike, build_model
 from ..modeling.segmentor import SegmentationModel
 from ..pipeline.merge import LabelMap
@@ -21,6 +22,37 @@ from .torch_merge import merge_on_device, run_windows_on_device
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | int | None) -> str:
+    """The torch device for a ``device`` argument: None picks CUDA when available; an integer
+    (or digits) is a CUDA index as in Hugging Face; ``gpu`` means ``cuda``. A backend this
+    torch cannot use is a :class:`ConfigError` in one line."""
+    if device is None:
+        return default_device()
+    text = str(device).strip().lower()
+    if text.isdigit():
+        text = f"cuda:{text}"
+    if text == "gpu" or text.startswith("gpu:"):
+        text = "cuda" + text[3:]
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a device: use cpu, cuda, cuda:N, N (a "
+                          "CUDA index) or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ConfigError(f"device {device!r}: CUDA is not available here (no GPU, or "
+                              "this torch was built without CUDA); use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"device {device!r}: there are {count} CUDA device(s), "
+                              f"cuda:0..cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS (Apple GPU) is not available here; use cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r} is not supported: use cpu, cuda or mps")
+    return str(parsed)
 
 
 def load_model(cfg: ConfigLike, checkpoint: str | Path, *, device: str = "cpu",
@@ -47,11 +79,11 @@ class TorchRunner:
                                    int8_groups=int8_groups)
 
     @classmethod
-    def load(cls, cfg: ConfigLike, checkpoint: str | Path, *, device: str | None = None,
+    def load(cls, cfg: ConfigLike, checkpoint: str | Path, *, device: str | int | None = None,
              behaviour: Behaviour | None = None, precision: Precision = "fp32",
              trust_checkpoint: bool = False) -> TorchRunner:
         """Build the model of ``cfg``, load ``checkpoint`` into it and wrap it."""
-        model = load_model(cfg, checkpoint, device=device or default_device(),
+        model = load_model(cfg, checkpoint, device=resolve_device(device),
                            behaviour=behaviour, trust_checkpoint=trust_checkpoint)
         return cls(model, precision, owns_model=True)
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import VitAdapterError
 from . import convert, evaluate, export_onnx, presets, segment, serve, train
 
@@ -18,9 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitadapter",
         description="ViT-Adapter + Mask2Former semantic segmentation in pure PyTorch.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    parser.add_argument("--version", action="version", version=f"vitadapter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():  # `vitadapter segment -q` as well
+        command_parser.add_argument("-q", "--quiet", action="store_true",
+                                    default=argparse.SUPPRESS, help="only print errors")
     return parser
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config.presets import PRESETS, SEED_PRESET
 from ..config.schema import BEHAVIOURS, PRECISIONS
@@ -31,7 +32,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "preset's release weights, cached in $VITADAPTER_HOME or "
                             "downloaded once")
     group.add_argument("--device", default=None,
-                       help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+                       help="cpu, cuda, cuda:1, 1 (a CUDA index), mps (default: cuda when "
+                            "available)")
     group.add_argument("--behaviour", choices=BEHAVIOURS, default=None,
                        help="adapter behaviour (default official; 'modelscope' reproduces "
                             "ModelScope's outputs)")
@@ -57,9 +59,26 @@ def onnx_providers(device: str | None) -> list[str]:
     """onnxruntime execution providers for a --device value."""
     if device is None or device == "cpu":
         return ["CPUExecutionProvider"]
-    if device.split(":")[0] == "cuda":
+    if device.isdigit() or device.split(":")[0] in ("cuda", "gpu"):
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise VitAdapterError(f"--device {device} is not available with --onnx (cpu or cuda)")
+
+
+def prediction_settings(args: argparse.Namespace, segmenter: Segmenter) -> dict[str, Any]:
+    """What besides the model config changes the predictions: the precision, the kind of
+    device (CPU and CUDA kernels round differently) and the weights' content (SHA-256 of the
+    checkpoint or ONNX file; the path alone may hold other weights tomorrow)."""
+    from ..files import sha256_of
+
+    named = getattr(args, "onnx", None) or getattr(args, "checkpoint", None)
+    if named is None:
+        from ..weights.download import cached_weights_path
+
+        named = cached_weights_path(segmenter.config)
+    weights = Path(named)
+    return {"precision": getattr(segmenter.runner, "precision", "fp32"),
+            "device_kind": segmenter.device.split(":")[0],
+            "checkpoint_sha256": sha256_of(weights) if weights.is_file() else None}
 
 
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:

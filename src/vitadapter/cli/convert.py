@@ -10,7 +10,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint to safetensors",
                        description="Convert an official .zip/.pth/.pth.tar, a ModelScope "
                                    "pytorch_model.pt or a state dict to a safetensors file "
-                                   "(fast, memory-mapped loading; no pickle).")
+                                   "(fast loading; no pickle).")
     p.add_argument("src", help="checkpoint to read")
     p.add_argument("dst", help="safetensors file to write")
     p.add_argument("--trust-checkpoint", action="store_true",

@@ -20,7 +20,7 @@ from ..evaluation import LAYOUTS, EvalDataset, open_dataset, run_evaluation
 from ..evaluation.report import format_tables, write_reports
 from ..segmenter import Segmenter
 from ..stream import segment_stream
-from .common import add_model_arguments, segmenter_from_args
+from .common import add_model_arguments, prediction_settings, segmenter_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
             "dataset": dataset.name, "split": dataset.split,
             "data_root": str(dataset.root.resolve()), "model": segmenter.name,
             "config": str(Path(args.config).resolve()) if args.config else None,
-            "checkpoint": (str(Path(args.checkpoint).resolve()) if args.checkpoint
-                           else "release weights"),
             "behaviour": segmenter.config.behaviour, "tta": segmenter.tta,
+            **prediction_settings(args, segmenter),
         }
         result = run_evaluation(
             lambda path: segmenter.segment(path).label_map, dataset, settings=settings,
@@ -89,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_tables(result.areas, dataset.class_names), end="")
     if args.out is not None:
         info: dict[str, Any] = {
-            **settings, "images": result.images, "images_in_split": len(dataset.samples),
+            **settings, "checkpoint": (str(Path(args.checkpoint).resolve()) if args.checkpoint
+                                       else "release weights"),
+            "images": result.images, "images_in_split": len(dataset.samples),
             "limit": args.limit, "ignore_index": IGNORE_INDEX, "device": segmenter.device,
             "processes": shard.world_size, "seconds": round(result.seconds, 1),
             "vitadapter": __version__,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 from ..errors import VitAdapterError
@@ -34,6 +35,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          help="seconds per request to upload, wait and run; beyond, 504 "
                               "(default 600: a full-size model needs minutes per photo "
                               "on a CPU)")
+    service.add_argument("--api-key", default=None, metavar="KEY",
+                         help="require this key (Authorization: Bearer KEY or X-API-Key: KEY) "
+                              "for /v1/segment and /v1/model; default: no authentication, "
+                              "so keep the server on loopback or behind a proxy that has it. "
+                              "Also read from $VITADAPTER_API_KEY")
+    service.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                         help="another site (https://example.org) whose pages may call the "
+                              "API; repeat for more (default: none, same origin only)")
     p.set_defaults(run=run)
 
 
@@ -52,9 +61,10 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import fastapi_offline  # noqa: F401  (Swagger UI's assets, for /docs offline)
         import uvicorn
 
-        from ..serve.app import Limits, create_app
+        from ..serve.app import Access, Limits, create_app
     except ImportError as exc:
         raise VitAdapterError(f"'vitadapter serve' needs the serve extra ({exc.name} is not "
                               f"installed): {INSTALL_HINT}") from None
@@ -66,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
         failures.append(exc)
         server.should_exit = True
 
+    access = Access(api_key=args.api_key or os.environ.get("VITADAPTER_API_KEY") or None,
+                    allowed_origins=tuple(args.allow_origin))
     app = create_app(loader=lambda: segmenter_from_args(args), limits=limits,
-                     on_load_error=stop)
+                     on_load_error=stop, access=access)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
         timeout_keep_alive=5))

@@ -34,7 +34,8 @@ def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     # A training work dir's config.json also names the classes; the checkpoint carries them too.
     f.ignore("classes", "palette")
     kwargs: dict[str, Any] = {}
-    for key in ("name", "behaviour", "dataset", "weights_url", "description"):
+    for key in ("name", "behaviour", "dataset", "weights_url", "weights_sha256",
+                "description"):
         if key in data:
             kwargs[key] = f.take(key)
     nested = {"backbone": BackboneConfig, "inference": InferenceConfig}
@@ -94,7 +95,15 @@ def load_config_file(path: str | Path) -> ModelConfig:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ConfigError(f"{path}: the JSON is nested too deeply to be a config") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if path.suffix == ".py":
+            raise ConfigError(
+                f"{path} is a Python config: only JSON configs are read (Python is never "
+                "executed). Convert it once where mmcv is installed: python -c \"from mmcv "
+                f"import Config; Config.fromfile('{path}').dump('{path.with_suffix('.json')}')"
+                "\" and pass the .json file") from None
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object")

@@ -178,6 +178,7 @@ class ModelConfig:
     behaviour: Behaviour = "official"
     dataset: str = "coco-stuff164k"
     weights_url: str | None = None
+    weights_sha256: str | None = None  # of the file at weights_url, where known
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -238,6 +239,12 @@ def _validate_backbone(b: BackboneConfig, inference: InferenceConfig) -> None:
             f"backbone.img_size must be a multiple of 16 with patch_size 16 "
             f"(got img_size={b.img_size}, patch_size={b.patch_size})"
         )
+    inf = inference
+    if (min(inf.stride) < 1 or inf.size_divisor < 1 or min(inf.img_scale) < 1
+            or min(abs(v) for v in inf.std) == 0):
+        raise ConfigError(f"inference: stride {tuple(inf.stride)}, size_divisor "
+                          f"{inf.size_divisor} and img_scale {tuple(inf.img_scale)} must be "
+                          f"positive and std {tuple(inf.std)} non-zero")
     crop = tuple(inference.crop_size)
     if b.kind == "beit" and crop != (b.img_size, b.img_size):
         raise ConfigError(

@@ -236,6 +236,16 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def replace_known_defective(palette: np.ndarray) -> np.ndarray:
+    """The fixed palette in place of one of mmseg's palettes with repeated colours or black
+    (the release checkpoints carry them in their ``meta``); any other palette unchanged."""
+    colors = tuple(tuple(int(v) for v in row) for row in np.asarray(palette).reshape(-1, 3))
+    for raw in (COCO_STUFF_MMSEG_PALETTE, ADE20K_PALETTE, CITYSCAPES_PALETTE):
+        if colors == raw and distinct_palette(raw) != raw:
+            return np.asarray(distinct_palette(raw), dtype=np.uint8)
+    return palette
+
+
 def dataset_info(name: str, num_classes: int) -> DatasetInfo:
     """Names and palette for a model's dataset; generic names and generated colours when the
     dataset is unknown or its class count does not match the model."""

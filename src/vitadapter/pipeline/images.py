@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,8 @@ MAX_DOWNLOAD_BYTES = 200 * 2**20
 def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
     """Any supported input as an (H, W, 3) uint8 RGB array.
 
-    Accepted: a path or ``http(s)://`` URL; a ``PIL.Image`` in any mode (EXIF orientation
+    Accepted: a path or ``http(s)://`` URL; encoded bytes or a file object (``open(...,
+    "rb")``, ``io.BytesIO``); a ``PIL.Image`` in any mode (EXIF orientation
     applied; alpha dropped as OpenCV and ModelScope do; 16-bit reduced to 8-bit); a numpy
     array (H, W, 3|4) or (H, W) of uint8 (uint16, bool, and float in [0, 1] are converted) in
     RGB order, or BGR with ``channel_order="bgr"`` (arrays from OpenCV); a torch tensor
@@ -35,14 +37,19 @@ def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray
         if text.startswith(("http://", "https://")):
             return decode_image(_download(text), text)
         return read_image_file(Path(text))
+    if isinstance(image, bytes | bytearray | memoryview):
+        return decode_image(bytes(image), "the image bytes")
+    if hasattr(image, "read"):  # an open file or io.BytesIO
+        return decode_image(image.read(), str(getattr(image, "name", "the file object")))
     if isinstance(image, Image.Image):
         return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         return array_to_rgb(image, channel_order)
     if type(image).__module__.split(".")[0] == "torch":  # no torch import for the ONNX path
         return _tensor_to_rgb(image, channel_order)
-    raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a URL, a "
-                     "PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor")
+    raise ImageError(f"unsupported image type {type(image).__name__}: pass a path, a URL, "
+                     "bytes, a file object, a PIL image, an (H, W, 3) uint8 array or a "
+                     "(3, H, W) tensor")
 
 
 def read_image_file(path: Path) -> np.ndarray:
@@ -63,15 +70,41 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     if not data:
         raise ImageError(f"{name}: empty file, not an image")
     buffer = np.frombuffer(data, np.uint8)
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV allows
+        raise ImageError(f"{name}: OpenCV cannot decode it ({getattr(exc, 'err', exc)})"
+                         ) from None
     if decoded is not None:
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return pil_to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (unknown format, or damaged)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: not a readable image ({exc})") from None
+    except Exception as exc:  # Pillow's plugins raise many kinds (decompression bombs, ...)
+        raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})"
+                         ) from None
+
+
+def check_pixels(path: Path, max_pixels: int) -> None:
+    """Refuse an image file whose header declares more than ``max_pixels`` pixels, before
+    anything decodes it (formats Pillow cannot identify are left to the decoders)."""
+    try:
+        with warnings.catch_warnings():  # our own limit decides, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: too many pixels ({exc})") from None
+    except Exception:  # unknown to Pillow, or unreadable: decoding will say what is wrong
+        return
+    if width * height > max_pixels:
+        raise ImageError(f"{path}: {width}x{height} = {width * height} pixels, more than "
+                         f"--max-pixels {max_pixels}; raise it to segment this photo")
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:

@@ -30,6 +30,13 @@ class SegmentationResult:
     model: str = ""
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        height, width = self.label_map.shape
+        top = ", ".join(f"{r['name']} {r['share']:.0%}" for r in self.summary()[:3])
+        more = len(self.present) - 3
+        return (f"SegmentationResult({width}x{height}, {len(self.present)} classes: {top}"
+                f"{f', +{more} more' if more > 0 else ''}; model={self.model!r})")
+
     @property
     def present(self) -> list[int]:
         """Class ids present in the label map, in descending order (ModelScope's order)."""
@@ -54,9 +61,10 @@ class SegmentationResult:
         return {c: float(self.pixel_count[c]) / total for c in self.present}
 
     def summary(self) -> list[dict[str, Any]]:
-        """The present classes by decreasing share: id, name, pixels, share, score, color."""
+        """The present classes by decreasing share: id, name, pixels, share, score (None
+        where the model's scores were not finite, so that JSON stays valid), color."""
         rows = [{"id": c, "name": self.class_names[c], "pixels": int(self.pixel_count[c]),
-                 "share": share, "score": float(self.confidence[c]),
+                 "share": share, "score": _finite(float(self.confidence[c])),
                  "color": [int(v) for v in self.palette[c]]}
                 for c, share in self.shares().items()]
         return sorted(rows, key=lambda r: (-r["share"], r["id"]))
@@ -93,3 +101,7 @@ class SegmentationResult:
             out = add_legend(out, [LegendEntry(r["name"], tuple(r["color"]), r["share"])
                                    for r in self.summary()])
         return out
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None

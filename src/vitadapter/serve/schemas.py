@@ -22,7 +22,9 @@ class ClassInfo(BaseModel):
 class ClassShare(ClassInfo):
     pixels: int = Field(description="pixels labelled with this class")
     share: float = Field(description="fraction of the image (sums to 1 over the classes)")
-    score: float = Field(description="mean posterior of the class over its pixels, in [0, 1]")
+    score: float | None = Field(description="mean posterior of the class over its pixels, "
+                                            "in [0, 1] (null if the model's scores were not "
+                                            "finite)")
 
 
 class Timing(BaseModel):

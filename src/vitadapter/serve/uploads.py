@@ -8,12 +8,14 @@ is read from the image header, without decoding, and checked against the limit.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from .errors import ServiceError
 
 # Formats Pillow identifies from their header (JPEG covers MPO) and OpenCV or Pillow decode.
 # Anything else (Radiance HDR, OpenEXR, EPS, ...) is refused before a decoder sees it.
@@ -21,17 +23,6 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "JPEG2000")
 # An oversized body is read on (and dropped) up to this multiple of the limit, so that the
 # client, still sending, receives the 413 instead of a reset connection.
 DRAIN_FACTOR = 4
-
-
-class ServiceError(Exception):
-    """A request the service refuses: HTTP status, message for ``{"error": ...}``, headers."""
-
-    def __init__(self, status: int, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 async def read_body(chunks: AsyncIterator[bytes], limit: int) -> bytes:
@@ -121,6 +112,13 @@ class _Form:
         if not named and not files:
             raise ServiceError(400, "the multipart form has no 'file' field")
         return bytes((named or files)[0])
+
+
+def checked_image(body: bytes, content_type: str, max_pixels: int) -> bytes:
+    """The image of a request body, checked by :func:`check_image`."""
+    data = image_bytes(body, content_type)
+    check_image(data, max_pixels)
+    return data
 
 
 def check_image(data: bytes, max_pixels: int) -> None:

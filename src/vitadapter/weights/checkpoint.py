@@ -81,7 +81,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True,
     """Load a checkpoint into ``model`` (built by :func:`vitadapter.build_model`).
 
     A model built on the ``meta`` device takes the checkpoint's tensors by assignment (no copy;
-    memory-mapped for safetensors). With ``strict`` (the default) any missing, unexpected or
+    read into memory, never mapped). With ``strict`` (the default) any missing, unexpected or
     mis-shaped key raises :class:`CheckpointError` listing them and the likely cause. The
     ``relative_position_index`` buffers the releases lack are regenerated; stray
     ``decode_head.conv_seg.*`` weights of old releases are ignored with a notice.
@@ -175,7 +175,11 @@ def _read_release_zip(path: Path, trust_checkpoint: bool) -> Checkpoint:
             except (zipfile.BadZipFile, EOFError, OSError) as exc:
                 raise CheckpointError(f"{path}: cannot extract {member.filename} "
                                       f"(corrupt or truncated zip?): {exc}") from None
-            ckpt = read_checkpoint(target, trust_checkpoint=trust_checkpoint)
+            try:
+                ckpt = read_checkpoint(target, trust_checkpoint=trust_checkpoint)
+            except CheckpointError as exc:  # name the archive, not the deleted temporary copy
+                raise CheckpointError(str(exc).replace(str(target),
+                                                       f"{path}!{member.filename}")) from None
     ckpt.source = f"{path}!{member.filename}"
     return ckpt
 
@@ -185,24 +189,23 @@ def _torch_load(path: Path, trust_checkpoint: bool) -> Any:
         if trust_checkpoint:
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(_NUMPY_DATA_GLOBALS):
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+            # not mmap=True: a file changed under a running model must not change or crash it
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
-            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
-                                  f"{_first_line(exc)}") from None
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or "
+                                  "not a PyTorch file)") from None
         raise CheckpointError(
             f"{path}: refusing to unpickle {found.group(1)}: this checkpoint needs code objects "
             "beyond plain tensors, which could run arbitrary code. If you trust its source, "
             "pass trust_checkpoint=True (CLI: --trust-checkpoint)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
-                              f"{_first_line(exc)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, zipfile.BadZipFile) as exc:  # torch's unpickler on arbitrary bytes
+        reason = _first_line(exc)
+        detail = "" if "weights_only" in reason or isinstance(exc, KeyError) else f": {reason}"
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or not "
+                              f"a PyTorch file){detail}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -244,7 +247,11 @@ def _meta_from_safetensors(metadata: Mapping[str, str]) -> dict[str, Any]:
     meta = {}
     for ours, theirs in (("classes", "CLASSES"), ("palette", "PALETTE")):
         if ours in metadata:
-            meta[theirs] = json.loads(metadata[ours])
+            try:
+                meta[theirs] = json.loads(metadata[ours])
+            except (ValueError, RecursionError):
+                raise CheckpointError(f"the safetensors metadata '{ours}' is not valid JSON"
+                                      ) from None
     return meta
 
 
@@ -253,7 +260,11 @@ def _compare(expected: Mapping[str, torch.Tensor],
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     mismatched = [k for k in given if k in expected and given[k].shape != expected[k].shape]
-    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+    wrong_type = [f"{k} ({given[k].dtype}, expected floating point)" for k in given
+                  if k in expected and expected[k].is_floating_point()
+                  and not given[k].is_floating_point()]
+    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched,
+            "wrong_type": wrong_type}
 
 
 def _listing(keys: list[str]) -> str:
@@ -273,6 +284,12 @@ def _mismatch_message(source: str, problems: dict[str, list[str]],
         lines.append(f"  missing: {_listing(problems['missing'])}")
     if problems["unexpected"]:
         lines.append(f"  unexpected: {_listing(problems['unexpected'])}")
+    if problems["wrong_type"]:
+        lines.append(f"  integer weights: {_listing(problems['wrong_type'])}")
+        if not any(problems[k] for k in ("mismatched", "missing", "unexpected")):
+            lines.append("  likely cause: the weights were converted to integers (a damaged "
+                         "or wrongly converted file)")
+            return "\n".join(lines)
     lines.append("  likely cause: " + _likely_cause(problems, expected, given))
     return "\n".join(lines)
 

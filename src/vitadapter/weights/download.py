@@ -3,7 +3,7 @@
 The cache lives in ``$VITADAPTER_HOME`` (default ``~/.cache/vitadapter``). A preset's release
 file is downloaded once (resuming an interrupted transfer), checked (the zip's CRCs, then every
 key and shape against the preset's model), and stored as ``<preset>.safetensors`` for fast,
-memory-mapped loads; the downloaded archive is then removed.
+pickle-free loads; the downloaded archive is then removed.
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ import logging
 import os
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from filelock import FileLock
+
 from ..config.schema import ModelConfig
 from ..errors import CheckpointError
+from ..files import sha256_of
 from ..progress import Progress
-from .checkpoint import apply_state_dict, read_checkpoint, write_safetensors
+from .checkpoint import Checkpoint, apply_state_dict, read_checkpoint, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +40,13 @@ def cached_weights_path(cfg: ModelConfig) -> Path:
     return cache_dir() / f"{cfg.name}.safetensors"
 
 
-def fetch_weights(cfg: ModelConfig, *, progress: bool = True) -> Path:
-    """The cached safetensors weights of ``cfg``, downloading and converting them first if
-    needed."""
+def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
+    """The cached safetensors weights of ``cfg``, downloading, verifying and converting them
+    first if needed. Processes sharing a cache take turns (a lock per file): the second one
+    finds the weights stored by the first. ``progress`` (a bar on stderr) defaults to on
+    unless logging is quieter than INFO (``vitadapter -q``)."""
+    if progress is None:
+        progress = logger.isEnabledFor(logging.INFO)
     target = cached_weights_path(cfg)
     if target.is_file():
         return target
@@ -46,18 +54,51 @@ def fetch_weights(cfg: ModelConfig, *, progress: bool = True) -> Path:
         raise CheckpointError(f"model {cfg.name!r} has no release weights to download: pass "
                               "a checkpoint file (checkpoint=... / --checkpoint PATH)")
     name = Path(urlparse(cfg.weights_url).path).name or f"{cfg.name}.zip"
-    archive = download(cfg.weights_url, cache_dir() / "downloads" / name, progress=progress)
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(downloads / f"{name}.lock")):
+        if target.is_file():  # stored by another process while this one waited
+            return target
+        archive = download(cfg.weights_url, downloads / name, progress=progress)
+        try:
+            ckpt = verify_release(cfg, archive)
+        except CheckpointError as exc:
+            archive.unlink(missing_ok=True)  # never reuse a file that failed verification
+            raise CheckpointError(
+                f"the file downloaded from {cfg.weights_url} is not the release weights "
+                f"({exc}); it was deleted, run the same command again to download it again"
+            ) from None
+        partial = target.with_name(target.name + ".tmp.safetensors")
+        write_safetensors(ckpt, partial)
+        os.replace(partial, target)
+        archive.unlink()
+    logger.info("stored %s", target)
+    return target
+
+
+def verify_release(cfg: ModelConfig, archive: Path) -> Checkpoint:
+    """Read ``archive`` after checking it is what ``cfg`` expects: its SHA-256 where the
+    config pins one, else the archive's integrity (CRCs) and a strict load of every key and
+    shape into the model of ``cfg``."""
     logger.info("verifying %s", archive.name)
+    with archive.open("rb") as file:
+        head = file.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"{")):
+        raise CheckpointError("the server sent a web page or an error message")
+    if cfg.weights_sha256 is not None:
+        digest = sha256_of(archive)
+        if digest != cfg.weights_sha256.lower():
+            raise CheckpointError(f"SHA-256 {digest}, expected {cfg.weights_sha256}")
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise CheckpointError(f"the archive member {bad} is damaged")
     ckpt = read_checkpoint(archive)
     from ..modeling.build import build_model  # torch is only needed once weights are really used
 
     apply_state_dict(build_model(cfg, device="meta"), ckpt.state_dict, source=str(archive))
-    partial = target.with_name(target.name + ".tmp.safetensors")
-    write_safetensors(ckpt, partial)
-    os.replace(partial, target)
-    archive.unlink()
-    logger.info("stored %s", target)
-    return target
+    return ckpt
 
 
 def download(url: str, dest: Path, *, progress: bool = True) -> Path:

@@ -2,8 +2,9 @@
 
 Layout: an 8-byte little-endian header length, a JSON header mapping each tensor name to its
 dtype, shape and byte range in the data section (plus an optional ``__metadata__`` dict of
-strings), then the raw little-endian data. Reading memory-maps the file copy-on-write, so a
-2 GB checkpoint loads in about the time it takes to parse the header.
+strings), then the raw little-endian data. Reading copies the file into memory once (no
+memory map): a file truncated or rewritten while a model loaded from it runs cannot change its
+weights or crash the process with SIGBUS.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header")
     metadata = header.pop("__metadata__", None) or {}
-    data = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+    data = _read_private(path, size)
     base = 8 + length
     tensors = {}
     for name, info in header.items():
@@ -96,3 +97,16 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             raw = raw.clone()  # unaligned in a file written by another tool
         tensors[name] = raw.view(dtype).view(shape)
     return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _read_private(path: Path, size: int) -> torch.Tensor:
+    """The first ``size`` bytes of ``path`` in memory of our own."""
+    data = torch.empty(size, dtype=torch.uint8)
+    view = memoryview(data.numpy())  # type: ignore[arg-type]
+    with open(path, "rb") as f:
+        filled = 0
+        while filled < size and (n := f.readinto(view[filled:])):
+            filled += n
+    if filled < size:
+        raise CheckpointError(f"{path}: the file shrank while it was read")
+    return data
