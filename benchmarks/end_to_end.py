@@ -6,17 +6,31 @@ would (``Segmenter`` -> memory-mapped safetensors) and segments one photo of the
 
     python benchmarks/end_to_end.py [--sizes 640x480 4000x3000] [--device cpu] [--repeat 1]
                                     [--paths fast reference]
+
+``--stream`` instead measures a stream of photos through ``vitadapter.stream.segment_stream``:
+the first photo (warm-up: first forward passes, allocator growth) and the steady-state rate
+(photos/s over the following photos, from the first result to the last), for the tiny reference
+model and, with ``--models tiny seed``, the seed preset on random weights; each model in its own
+process, the load average printed with each row.
+
+    python benchmarks/end_to_end.py --stream [--models tiny seed] [--photos 8] [--size 640x480]
+                                    [--batch-windows 1] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 from bench_common import PRESET, peak_rss_gib, run_case, write_random_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "tests/data/reference/tiny-upstream/config.json"
+TINY_CHECKPOINT = ROOT / "tests/data/reference/checkpoint.pth"
 
 
 def measure(checkpoint: str, size: str, device: str, path: str, repeat: int) -> dict:
@@ -42,6 +56,56 @@ def measure(checkpoint: str, size: str, device: str, path: str, repeat: int) -> 
             "peak_rss_gib": peak_rss_gib()}
 
 
+def measure_stream(model: str, checkpoint: str, size: str, photos: int, device: str,
+                   batch_windows: int) -> dict:
+    """A stream of ``photos`` random photos of ``size``, in this process."""
+    import numpy as np
+
+    from vitadapter import Segmenter
+    from vitadapter.stream import segment_stream
+
+    width, height = (int(v) for v in size.split("x"))
+    if model == "tiny":
+        segmenter = Segmenter(config=TINY_CONFIG, checkpoint=TINY_CHECKPOINT, device=device,
+                              batch_windows=batch_windows)
+    else:
+        segmenter = Segmenter(PRESET, checkpoint=checkpoint, device=device,
+                              batch_windows=batch_windows)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(photos)]
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    done = []
+    for _, result in segment_stream(segmenter, images):
+        assert not isinstance(result, Exception), result
+        assert result.label_map.shape == (height, width)
+        done.append(time.perf_counter())
+    steady = (len(done) - 1) / (done[-1] - done[0])
+    return {"model": model, "size": size, "photos": photos, "first_s": done[0] - start,
+            "steady_photos_per_s": steady, "steady_s_per_photo": 1 / steady,
+            "peak_rss_gib": peak_rss_gib(), "load": (load + os.getloadavg()[0]) / 2}
+
+
+def stream_table(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "random.safetensors"
+        if "seed" in args.models:
+            write_random_checkpoint(checkpoint)
+        rows = [run_case(__file__, model, str(checkpoint), args.size, "--stream",
+                         "--photos", str(args.photos), "--device", args.device,
+                         "--batch-windows", str(args.batch_windows))
+                for model in args.models]
+    print(f"segment_stream, {args.size} photos, batch_windows {args.batch_windows}, "
+          f"{args.device}")
+    print("| model | photos | first photo s | steady s / photo | steady photos / s "
+          "| peak RSS GiB | load average |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['photos']} | {r['first_s']:.2f} | "
+              f"{r['steady_s_per_photo']:.2f} | {r['steady_photos_per_s']:.3f} | "
+              f"{r['peak_rss_gib']:.2f} | {r['load']:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["640x480", "4000x3000"])
@@ -49,9 +113,24 @@ def main() -> None:
                         choices=["fast", "reference"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--stream", action="store_true",
+                        help="first photo and steady state of a stream (segment_stream)")
+    parser.add_argument("--models", nargs="+", default=["tiny"], choices=["tiny", "seed"])
+    parser.add_argument("--photos", type=int, default=8)
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--batch-windows", type=int, default=1)
     parser.add_argument("--case", nargs=3, metavar=("CHECKPOINT", "SIZE", "PATH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stream and args.photos < 2:
+        parser.error("--photos must be at least 2 (the first photo is the warm-up)")
+    if args.stream and args.case:
+        print(json.dumps(measure_stream(*args.case, args.photos, args.device,
+                                        args.batch_windows)))
+        return
+    if args.stream:
+        stream_table(args)
+        return
     if args.case:
         print(json.dumps(measure(*args.case[:2], args.device, args.case[2], args.repeat)))
         return
