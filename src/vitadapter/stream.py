@@ -26,6 +26,7 @@ from .pipeline.merge import LabelMap, merge_views
 from .pipeline.preprocess import View, augmented_views
 from .pipeline.result import SegmentationResult
 from .pipeline.windows import SlideScores, Window, sliding_windows
+from .segmenter import device_merge_of
 
 if TYPE_CHECKING:
     from .segmenter import Segmenter
@@ -101,7 +102,7 @@ class _Windows:
     def __init__(self, segmenter: Segmenter) -> None:
         self.runner = segmenter.runner
         self.cfg = segmenter.config.inference
-        self.forward = getattr(self.runner, "forward", None)  # the PyTorch backend's
+        self.forward = device_merge_of(self.runner, "forward")  # the PyTorch backend's
 
     def open(self, photo: _Photo) -> list[tuple[Any, Any, Window]]:
         """Set up the photo's slides; its (slide, image, window) crops to score."""
