@@ -121,3 +121,43 @@ def test_relative_position_tables_resize_on_the_offset_grid():
     assert torch.equal(resize_relative_position_table(table, 4), table)
     # Bicubic on a linear ramp keeps it linear inside: the centre offset stays the centre.
     assert out[7 * 15 + 7, 0] == pytest.approx(grid[3, 3].item(), abs=1e-4)
+
+
+def test_upernet_loss_is_mmseg_pixel_cross_entropy(upernet_models):
+    from vitadapter.training.criterion import criterion_for, pixel_cross_entropy
+
+    model = upernet_models["tiny-vit-adapter-upernet"]
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, model.num_classes, (2, 128, 128),
+                           generator=torch.Generator().manual_seed(1))
+    labels[:, :32] = 255
+    model.eval()  # no dropout: the loss is a function of the weights
+    losses = criterion_for(model, draw=None)(model, images, labels)  # type: ignore[arg-type]
+    assert set(losses) == {"decode.loss_ce", "aux.loss_ce"}
+    with torch.no_grad():
+        features = model.backbone(images)
+        logits = torch.nn.functional.interpolate(model.decode_head(features).logits,
+                                                 size=(128, 128), mode="bilinear")
+        aux = torch.nn.functional.interpolate(model.auxiliary_head(features), size=(128, 128),
+                                              mode="bilinear")
+    valid = labels != 255
+    # mmseg 0.x averages over every pixel, ignored ones counting zero.
+    expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[valid],
+                                                 labels[valid], reduction="sum") / labels.numel()
+    torch.testing.assert_close(losses["decode.loss_ce"].detach(), expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses["aux.loss_ce"].detach(),
+                               0.4 * pixel_cross_entropy(aux, labels), rtol=1e-6, atol=0)
+
+
+def test_upernet_trains(data_root, tmp_path):
+    run = settings(data_root, tmp_path, model=str(REFERENCE / "tiny-vit-adapter-upernet"
+                                                  / "config.json"),
+                   init=str(REFERENCE / "tiny-vit-adapter-upernet" / "checkpoint.pth"),
+                   iters=4, crop=64, drop_path=0.0)
+    Trainer(run).run()
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and {"decode.loss_ce", "aux.loss_ce"} <= set(records[0])
+    assert losses[-1] < losses[0], losses
+    seg = Segmenter(config=tmp_path / "config.json", checkpoint=tmp_path / LATEST)
+    assert seg.config.head.kind == "upernet" and seg.config.num_classes == 3

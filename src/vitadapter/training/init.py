@@ -25,7 +25,11 @@ from ..weights.checkpoint import apply_state_dict, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
-CLASS_EMBED = ("decode_head.cls_embed.weight", "decode_head.cls_embed.bias")
+# The layers whose rows are classes: Mask2Former's class embedding, UperNet's (and its
+# auxiliary head's) last 1x1 convolution.
+CLASS_EMBED = ("decode_head.cls_embed.weight", "decode_head.cls_embed.bias",
+               "decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
+               "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias")
 TABLE_SUFFIX = "attn.relative_position_bias_table"
 
 
@@ -82,9 +86,8 @@ def initialize(model: SegmentationModel, init: str, *, trust_checkpoint: bool = 
     for key in dropped:
         del given[key]
     if dropped:
-        notices.append(f"{init} predicts {ckpt.state_dict[CLASS_EMBED[0]].shape[0] - 1} "
-                       f"classes, the model {model.num_classes}: dropped "
-                       f"{', '.join(dropped)} (re-initialised)")
+        notices.append(f"{init} was trained on other classes than the model's "
+                       f"{model.num_classes}: dropped {', '.join(dropped)} (re-initialised)")
     mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in given.items() if k in expected and v.shape != expected[k].shape]
     unexpected = [k for k in given if k not in expected]

@@ -147,8 +147,11 @@ def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int
     return base.replace(
         name=f"{base.name}-finetuned" if not base.name.endswith("-finetuned") else base.name,
         dataset=dataset_name, head=head,
-        backbone=dataclasses.replace(base.backbone, img_size=crop,
-                                     drop_path_rate=settings.drop_path),
+        # A plain ViT's img_size is its position grid's pretraining size (resized to any
+        # input); BEiT's relative position tables are sized for the crop.
+        backbone=dataclasses.replace(
+            base.backbone, img_size=crop if base.backbone.kind == "beit" else
+            base.backbone.img_size, drop_path_rate=settings.drop_path),
         inference=dataclasses.replace(base.inference,
                                       img_scale=(int(img_scale[0]), int(img_scale[1])),
                                       crop_size=(crop, crop), stride=(stride, stride)),
