@@ -85,13 +85,28 @@ def peak_rise_mib(name: str, path: str, device: str) -> float:
     return (peak - baseline) / 2**20
 
 
-def measure_peak(name: str, path: str, args: argparse.Namespace) -> float:
-    """Peak rise of ``path`` at ``name`` in a fresh process, alone."""
-    cmd = [sys.executable, __file__, "--memory-worker", name, path, "--device", args.device]
+def measure_peak(script: str, name: str, path: str, args: argparse.Namespace) -> float:
+    """Peak rise of ``path`` at ``name`` in a fresh process of ``script``, alone."""
+    cmd = [sys.executable, script, "--memory-worker", name, path, "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def parse_arguments(doc: str) -> argparse.Namespace:
+    """The options of both deformable-attention benchmarks, torch threads applied."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--shape", default="all", choices=["all", *SHAPES])
+    parser.add_argument("--memory-worker", nargs=2, metavar=("SHAPE", "PATH"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def time_both(name: str, device: str, repeat: int) -> tuple[dict[str, float], float]:
@@ -119,16 +134,7 @@ def time_both(name: str, device: str, repeat: int) -> tuple[dict[str, float], fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--shape", default="all", choices=["all", *SHAPES])
-    parser.add_argument("--memory-worker", nargs=2, metavar=("SHAPE", "PATH"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_arguments(__doc__)
     if args.memory_worker:
         print(peak_rise_mib(*args.memory_worker, args.device))
         return
@@ -141,7 +147,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         best, diff = time_both(name, args.device, args.repeat)
-        peak = {path: measure_peak(name, path, args) for path in best}
+        peak = {path: measure_peak(__file__, name, path, args) for path in best}
         ref, fast = best["reference"], best["fast"]
         ratio = f"{peak['reference'] / peak['fast']:.1f}x" if peak["fast"] >= 1 else "-"
         print(f"| {name} | {ref:.3f} | {fast:.3f} | {ref / fast:.1f}x | {peak['reference']:.0f} | "

@@ -19,15 +19,12 @@ interpolation has a kink, the two paths may round to different sides).
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ms_deform_attn import POINTS, SHAPES, make_inputs
+from ms_deform_attn import POINTS, SHAPES, make_inputs, measure_peak, parse_arguments
 
 PATHS = ("reference", "fast")
 
@@ -97,15 +94,6 @@ def peak_rise_mib(name: str, path: str, device: str) -> float:
     return (peak - baseline) / 2**20
 
 
-def measure_peak(name: str, path: str, args: argparse.Namespace) -> float:
-    """Peak rise of ``path`` at ``name`` in a fresh process, alone."""
-    cmd = [sys.executable, __file__, "--memory-worker", name, path, "--device", args.device]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return float(done.stdout.strip().splitlines()[-1])
-
-
 def time_both(name: str, device: str, repeat: int,
               ) -> tuple[dict[str, float], dict[str, float], list[float]]:
     """Best wall and best process CPU seconds of each path, passes interleaved so both see the
@@ -133,16 +121,7 @@ def time_both(name: str, device: str, repeat: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--shape", default="all", choices=["all", *SHAPES])
-    parser.add_argument("--memory-worker", nargs=2, metavar=("SHAPE", "PATH"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_arguments(__doc__)
     if args.memory_worker:
         print(peak_rise_mib(*args.memory_worker, args.device))
         return
@@ -157,7 +136,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         best, cpu, (value, locations, weights) = time_both(name, args.device, args.repeat)
-        peak = {path: measure_peak(name, path, args) for path in PATHS}
+        peak = {path: measure_peak(__file__, name, path, args) for path in PATHS}
         ref, fast = best["reference"], best["fast"]
         ratio = f"{peak['reference'] / peak['fast']:.1f}x" if peak["fast"] >= 1 else "-"
         print(f"| {name} | {ref:.3f} | {fast:.3f} | {ref / fast:.1f}x | {cpu['reference']:.3f} | "
