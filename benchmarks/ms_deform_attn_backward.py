@@ -24,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-from ms_deform_attn import POINTS, SHAPES, make_inputs, measure_peak, parse_arguments
+from ms_deform_attn import (
+    POINTS,
+    SHAPES,
+    _rss_kib,
+    make_inputs,
+    measure_peak,
+    parse_arguments,
+)
 
 PATHS = ("reference", "fast")
 
@@ -47,13 +54,6 @@ def forward_backward(path: str, inputs: list[torch.Tensor], levels: list[tuple[i
     with reference_path(path == "reference"):
         out = ms_deform_attn(value, levels, locations, weights)
     return torch.autograd.grad(out, inputs, grad_out)
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def warm_up(name: str, path: str, device: str) -> None:
