@@ -61,17 +61,20 @@ def preprocess(rgb: np.ndarray, cfg: InferenceConfig, *, ratio: float = 1.0,
 
 
 def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """mmcv ``imnormalize`` on an RGB uint8 image: ``(x - mean) / std`` in float32 (OpenCV
-    arithmetic, as mmcv), returned channels-first."""
+    """mmcv ``imnormalize`` on an RGB uint8 image, returned channels-first: OpenCV 4's
+    arithmetic, as the official code ran it, spelled out in numpy (OpenCV 5 rounds the scalar
+    to float32 first, which moves a quarter of the values by one ulp): ``x - mean`` in
+    float32, then the float64 product with ``1 / std`` rounded to float32."""
     img = rgb.astype(np.float32)
     if not cfg.to_rgb:
-        img = np.ascontiguousarray(img[:, :, ::-1])
+        img = img[:, :, ::-1]
     # mmseg stores mean/std as float32 before mmcv widens them to float64.
-    mean = np.asarray(cfg.mean, np.float32).reshape(1, -1).astype(np.float64)
-    stdinv = 1 / np.asarray(cfg.std, np.float32).reshape(1, -1).astype(np.float64)
-    cv2.subtract(img, mean, img)
-    cv2.multiply(img, stdinv, img)
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
+    img -= np.asarray(cfg.mean, np.float32)
+    stdinv = 1 / np.asarray(cfg.std, np.float32).astype(np.float64)
+    out = np.empty((img.shape[2], *img.shape[:2]), np.float32)
+    np.multiply(img.transpose(2, 0, 1), stdinv[:, None, None], out=out, dtype=np.float64,
+                casting="same_kind")
+    return out
 
 
 def augmented_views(rgb: np.ndarray, cfg: InferenceConfig, tta: bool = False) -> list[View]:
