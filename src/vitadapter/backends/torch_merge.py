@@ -6,15 +6,14 @@ into the canvas and averaged (:meth:`DeviceSlide.canvas_rows`), the canvas resiz
 float64, every sum over classes in class order, the argmax taking the first maximum. It runs in
 bands of output rows as the numpy merge does, and the window scores never leave the device.
 
-With one view (no TTA) the full ``classes x H x W`` volume is never resized: every pixel of the
-photo interpolates the same 2x2 canvas cell, and its score for a class lies between that class's
-minimum and maximum over the cell. Where one class's minimum beats every other class's maximum
-by :data:`~vitadapter.pipeline.merge.TIE_MARGIN`, that class is the label (its softmax
-probability is the largest by far more than rounding) and only its score is interpolated; the
-other pixels (class boundaries) get all classes' scores and, where two nearly tie, the exact
-softmax. The labels are exact; the confidences are exact on those pixels and, elsewhere, use
-the interpolated sum of the canvas's class scores in place of the sum of the interpolated
-scores (equal up to float32 rounding).
+With one view (no TTA) the full ``classes x H x W`` volume is never resized (the numpy merge's
+cell bound, :mod:`vitadapter.pipeline.merge`): where one class's minimum over a pixel's 2x2
+canvas cell beats every other class's maximum by the tie margin, that class is the label and
+only its score is interpolated; the other pixels (class boundaries) get every class's score
+(cheap on an accelerator) and, where two nearly tie, the exact softmax. The labels are exact; the
+confidences are exact on the boundary pixels and, elsewhere, use the interpolated sum of the
+canvas's class scores in place of the sum of the interpolated scores (equal up to float32
+rounding).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.merge import BAND_BYTES, TIE_MARGIN, LabelMap
+from ..pipeline.merge import BAND_BYTES, TIE_MARGIN, LabelMap, one_view_band_rows, spans
 from ..pipeline.preprocess import View
 from ..pipeline.windows import Window, sliding_windows
 from .torch_resample import Taps, device_taps, lerp, resize_rows, resize_width
@@ -103,42 +102,32 @@ def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None,
     height, width = slides[0].view.original_shape
     num_classes, device = slides[0].num_classes, slides[0].device
     budget = CUDA_BAND_BYTES if device.type == "cuda" else BAND_BYTES
+    one_view = len(slides) == 1 and not logits
+    every_class_rows = band_rows or max(1, budget // (8 * num_classes * width * 2))
     if band_rows is None:
-        band_rows = _band_rows(slides, budget)
+        band_rows = one_view_band_rows(slides[0].view, slides[0].crop[1], num_classes, budget) \
+            if one_view else every_class_rows
     labels = torch.empty((height, width), dtype=torch.int64, device=device)
     confidence_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
     pixel_count = torch.zeros(num_classes, dtype=torch.int64, device=device)
     row_taps = [device_taps(s.view.valid_shape[0], height, device) for s in slides]
-    for start in range(0, height, band_rows):
-        stop = min(start + band_rows, height)
-        one_view = _one_view_band(slides[0], row_taps[0].rows(start, stop), width, budget) \
-            if len(slides) == 1 and not logits else None
-        if one_view is not None:
-            band_labels, winning = one_view
-        else:
-            band_labels, winning = _views_band(
-                [_band_logits(s, t.rows(start, stop), width)
-                 for s, t in zip(slides, row_taps, strict=True)],
-                softmax if logits else _normalised)
-        labels[start:stop] = band_labels
-        flat = band_labels.flatten()
-        confidence_sum += torch.bincount(flat, weights=winning.flatten().double(),
-                                         minlength=num_classes)
-        pixel_count += torch.bincount(flat, minlength=num_classes)
+    for start, stop in spans(0, height, band_rows):
+        band = _one_view_band(slides[0], row_taps[0].rows(start, stop), width, budget) \
+            if one_view else None
+        parts = [(start, band)] if band is not None else [
+            (lo, _views_band([_band_logits(s, t.rows(lo, hi), width)
+                              for s, t in zip(slides, row_taps, strict=True)],
+                             softmax if logits else _normalised))
+            for lo, hi in spans(start, stop, every_class_rows)]
+        for lo, (band_labels, winning) in parts:
+            labels[lo:lo + len(band_labels)] = band_labels
+            flat = band_labels.flatten()
+            confidence_sum += torch.bincount(flat, weights=winning.flatten().double(),
+                                             minlength=num_classes)
+            pixel_count += torch.bincount(flat, minlength=num_classes)
     confidence = torch.where(pixel_count > 0, confidence_sum / pixel_count.clamp_min(1), 0.0)
     return LabelMap(labels.cpu().numpy(), confidence.float().cpu().numpy(),
                     pixel_count.cpu().numpy())
-
-
-def _band_rows(slides: Sequence[DeviceSlide], budget: int) -> int:
-    height, width = slides[0].view.original_shape
-    num_classes = slides[0].num_classes
-    if len(slides) > 1:  # the numpy merge's bands: classes x rows x width float64 pairs
-        return max(1, budget // (8 * num_classes * width * 2))
-    view, crop_w = slides[0].view, slides[0].crop[1]
-    canvas_rows = max(1, budget // (8 * num_classes * max(view.valid_shape[1], crop_w) * 4))
-    by_canvas = canvas_rows * height // view.valid_shape[0]
-    return max(1, min(by_canvas, budget // (96 * width)))
 
 
 def _band_logits(slide: DeviceSlide, taps: Taps, width: int) -> torch.Tensor:

@@ -12,15 +12,27 @@ differs between libraries in the last bit, the rounded float64 one does not, so 
 merge (:mod:`vitadapter.backends.torch_merge`) reproduces these labels bit for bit. With one
 view the softmax is only evaluated where two classes' scores nearly tie (:func:`argmax_softmax`):
 elsewhere its argmax is provably the scores' argmax.
+
+With one view and Mask2Former scores the ``classes x H x W`` volume is not even resized: every
+output pixel blends one 2x2 cell of the canvas, so its score for a class lies between that
+class's minimum and maximum over the cell (:class:`~.cell_grid.CellGrid`). Where one class's
+minimum beats every other class's maximum by :data:`TIE_MARGIN`, that class is the label and
+only its score is interpolated (for the confidence); in the other cells (class boundaries) only
+the contending classes are interpolated, and every class where two of them nearly tie. The
+labels are exactly the full resize's; the confidence divides by the interpolated sum of the
+canvas's scores in place of the sum of the interpolated scores (equal up to float32 rounding).
+A 12-megapixel photo's merge takes seconds instead of half a minute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .cell_grid import CellGrid
+from .preprocess import View
 from .resample import LinearTaps, linear_taps, resize_rows, resize_width
 from .windows import SlideScores
 
@@ -29,6 +41,9 @@ BAND_BYTES = 64 * 2**20
 # Scores further than this (times max(1, |top score|)) below the top one have a softmax
 # probability below the top one's by far more than float32 rounding: they cannot win or tie.
 TIE_MARGIN = 1e-5
+# Where the contested pixels' scores would be over this share of the band's classes x pixels, a
+# one-view band resizes every class instead.
+CONTESTED_SHARE = 0.25
 
 
 @dataclass
@@ -52,44 +67,145 @@ def merge_views(views: Sequence[SlideScores], band_rows: int | None = None, *,
     posterior is averaged over that class's pixels. With ``logits`` (UperNet's scores are class
     logits) the posterior is the softmax itself.
     """
-    posterior_of = softmax if logits else _normalised
-    height, width = views[0].view.original_shape
-    num_classes = views[0].num_classes
+    first = views[0]
+    height, width = first.view.original_shape
+    num_classes = first.num_classes
+    one_view = len(views) == 1 and not logits
+    every_class_rows = band_rows or max(1, BAND_BYTES // (8 * num_classes * width * 2))
     if band_rows is None:
-        band_rows = max(1, BAND_BYTES // (8 * num_classes * width * 2))
+        band_rows = one_view_band_rows(first.view, first.crop[1], num_classes, BAND_BYTES) \
+            if one_view else every_class_rows
     labels = np.empty((height, width), np.int64)
     confidence_sum = np.zeros(num_classes, np.float64)
     pixel_count = np.zeros(num_classes, np.int64)
     row_taps = [linear_taps(v.view.valid_shape[0], height) for v in views]
-    for start in range(0, height, band_rows):
-        stop = min(start + band_rows, height)
-        bands = [_band_logits(slide, taps.rows(start, stop), width)
-                 for slide, taps in zip(views, row_taps, strict=True)]
-        posterior = posterior_of(bands[0])
-        if len(bands) == 1:
-            band_labels = argmax_softmax(bands[0])
-        else:
-            probs = softmax(bands[0])
-            for band in bands[1:]:
-                probs = probs + softmax(band)
-                posterior = posterior + posterior_of(band)
-            band_labels = (probs / np.float32(len(views))).argmax(0)
-        labels[start:stop] = band_labels
-        winning = np.take_along_axis(posterior, band_labels[None], 0)[0] / len(views)
-        confidence_sum += np.bincount(band_labels.ravel(), weights=winning.ravel(),
-                                      minlength=num_classes)
-        pixel_count += np.bincount(band_labels.ravel(), minlength=num_classes)
+    for start, stop in spans(0, height, band_rows):
+        canvases = [_CanvasBand.of(view, taps.rows(start, stop))
+                    for view, taps in zip(views, row_taps, strict=True)]
+        band = _one_view_band(canvases[0], width) if one_view else None
+        parts = [(start, band)] if band is not None else [
+            (lo, _views_band([c.resized(lo - start, hi - start, width) for c in canvases],
+                             softmax if logits else _normalised))
+            for lo, hi in spans(start, stop, every_class_rows)]
+        for lo, (band_labels, winning) in parts:
+            labels[lo:lo + len(band_labels)] = band_labels
+            confidence_sum += np.bincount(band_labels.ravel(), weights=winning.ravel(),
+                                          minlength=num_classes)
+            pixel_count += np.bincount(band_labels.ravel(), minlength=num_classes)
     confidence = np.divide(confidence_sum, pixel_count, out=np.zeros(num_classes),
                            where=pixel_count > 0)
     return LabelMap(labels, confidence.astype(np.float32), pixel_count)
 
 
-def _band_logits(slide: SlideScores, taps: LinearTaps, width: int) -> np.ndarray:
-    """Rows of the view's scores resized to the photo (flipped back for flipped views)."""
-    first, last = taps.span
-    band = resize_width(slide.canvas_rows(first, last), width)
-    logits = resize_rows(band, taps, offset=first)
-    return logits[:, :, ::-1] if slide.view.flipped else logits
+def one_view_band_rows(view: View, crop_width: int, num_classes: int, budget: int) -> int:
+    """Output rows per band of a one-view merge whose temporaries stay within ``budget``
+    bytes: a band of the canvas (every class) and a few arrays per output pixel."""
+    height, width = view.original_shape
+    canvas_rows = max(1, budget // (8 * num_classes * max(view.valid_shape[1], crop_width) * 4))
+    by_canvas = canvas_rows * height // view.valid_shape[0]
+    return max(1, min(by_canvas, budget // (96 * width)))
+
+
+def spans(start: int, stop: int, step: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into consecutive ranges of ``step``."""
+    return [(lo, min(lo + step, stop)) for lo in range(start, stop, step)]
+
+
+def _views_band(bands: list[np.ndarray], posterior_of: Callable[[np.ndarray], np.ndarray],
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and winning posteriors of a band from every view's resized scores."""
+    posterior = posterior_of(bands[0])
+    if len(bands) == 1:
+        labels = argmax_softmax(bands[0])
+    else:
+        probs = softmax(bands[0])
+        for band in bands[1:]:
+            probs = probs + softmax(band)
+            posterior = posterior + posterior_of(band)
+        labels = (probs / np.float32(len(bands))).argmax(0)
+    return labels, np.take_along_axis(posterior, labels[None], 0)[0] / len(bands)
+
+
+@dataclass(frozen=True)
+class _CanvasBand:
+    """The canvas rows a band of output rows reads, with the band's row taps."""
+
+    canvas: np.ndarray  # (C, rows, w) from canvas row ``first``
+    first: int
+    taps: LinearTaps
+    flipped: bool
+
+    @classmethod
+    def of(cls, slide: SlideScores, taps: LinearTaps) -> _CanvasBand:
+        first, last = taps.span
+        return cls(slide.canvas_rows(first, last), first, taps, slide.view.flipped)
+
+    def resized(self, start: int, stop: int, width: int) -> np.ndarray:
+        """The band's output rows ``start:stop`` with every class, flipped back."""
+        taps = self.taps.rows(start, stop)
+        first, last = taps.span
+        rows = resize_width(self.canvas[:, first - self.first:last - self.first], width)
+        logits = resize_rows(rows, taps, offset=first)
+        return logits[:, :, ::-1] if self.flipped else logits
+
+
+def _one_view_band(band: _CanvasBand, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labels and winning posteriors of a band of the single view without resizing every
+    class (see the module doc), or None where too many pixels are contested for it to pay."""
+    canvas = band.canvas
+    num_classes, _, canvas_cols = canvas.shape
+    grid = CellGrid.of(band.taps, band.first, canvas_cols, width, band.flipped)
+    largest = max(float(canvas.max()), -float(canvas.min()))
+    if not np.isfinite(largest):  # NaN or infinite scores: the full resize, as the official
+        return None
+    winners, contenders = grid.contenders(canvas, np.float32(TIE_MARGIN * max(1.0, largest)))
+    counts = np.count_nonzero(contenders, axis=0)
+    contested = (counts > 1)[grid.row_cell][:, grid.col_cell]
+    # the contested pixels' scores: at most every contender of every contested cell
+    contested_scores = np.count_nonzero(contested) * int(counts.max())
+    if contested_scores > CONTESTED_SHARE * num_classes * contested.size:
+        return None
+    labels = winners[grid.row_cell][:, grid.col_cell]
+    ys, xs = np.nonzero(contested)
+    step = max(1, BAND_BYTES // (96 * int(counts.max())))  # a few float64 / int64 per score
+    for k in range(0, len(ys), step):
+        y, x = ys[k:k + step], xs[k:k + step]
+        labels[y, x] = _contested_labels(canvas, grid, contenders, counts, y, x)
+    score = grid.interpolate(canvas.ravel(), labels * (canvas.size // num_classes))
+    total = grid.interpolate(class_sum(canvas).ravel())
+    return labels, score / np.maximum(total, np.float32(1e-12))
+
+
+def _contested_labels(canvas: np.ndarray, grid: CellGrid, contenders: np.ndarray,
+                      counts: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The labels of pixels ``ys, xs`` whose cells have several contenders: the argmax over
+    the contenders' interpolated scores (the other classes stay below by the margin), and the
+    exact softmax over every class where two contenders nearly tie."""
+    num_classes = canvas.shape[0]
+    cells = canvas.shape[1] * canvas.shape[2]
+    values = canvas.ravel()
+    used, pixel_cell = np.unique(grid.row_cell[ys] * counts.shape[1] + grid.col_cell[xs],
+                                 return_inverse=True)
+    pixel_cell = pixel_cell.reshape(-1)
+    per_cell = counts.ravel()[used]
+    # Each cell's contenders in class order (so the argmax keeps the first of equal scores),
+    # padded with its first contender; the padding scores -inf below.
+    cell, klass = np.nonzero(contenders.reshape(num_classes, -1)[:, used].T)
+    starts = np.cumsum(per_cell) - per_cell
+    classes = np.broadcast_to(klass[starts], (int(per_cell.max()), len(used))).copy()
+    classes[np.arange(len(cell)) - starts[cell], cell] = klass
+    candidates = classes[:, pixel_cell]
+    scores = grid.interpolate(values, candidates * cells, ys, xs)
+    scores[np.arange(len(classes))[:, None] >= per_cell[pixel_cell]] = -np.inf
+    best = scores.argmax(0)
+    labels = np.take_along_axis(candidates, best[None], 0)[0]
+    top = np.take_along_axis(scores, best[None], 0)[0]
+    margin = np.float32(TIE_MARGIN) * np.maximum(np.abs(top), np.float32(1))
+    near = np.count_nonzero(scores >= top - margin, axis=0) > 1
+    if near.any():
+        every = np.arange(num_classes)[:, None] * cells
+        labels[near] = softmax(grid.interpolate(values, every, ys[near], xs[near])).argmax(0)
+    return labels
 
 
 def _normalised(scores: np.ndarray) -> np.ndarray:

@@ -45,18 +45,22 @@ def linear_taps(size_in: int, size_out: int) -> LinearTaps:
     return LinearTaps(index0, index1, np.float32(1) - weight1, weight1)
 
 
-def _lerp(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> np.ndarray:
-    """``a * wa + b * wb`` rounded like a fused multiply-add of the first product."""
-    return (a.astype(np.float64) * wa + b * wb).astype(np.float32)
+def lerp(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """``a * wa + b * wb`` rounded like a fused multiply-add of the first product: the float64
+    sum of the exact ``a * wa`` and the float32 ``b * wb``, rounded to float32 (in three passes,
+    with no separate cast)."""
+    exact = np.multiply(a, wa, dtype=np.float64)
+    out = np.empty(exact.shape, np.float32)
+    return np.add(exact, b * wb, out=out, dtype=np.float64, casting="same_kind")
 
 
 def resize_width(x: np.ndarray, width: int) -> np.ndarray:
     """Resample the last axis of ``x`` (..., W) to ``width``."""
     taps = linear_taps(x.shape[-1], width)
-    return _lerp(x[..., taps.index0], taps.weight0, x[..., taps.index1], taps.weight1)
+    return lerp(x[..., taps.index0], taps.weight0, x[..., taps.index1], taps.weight1)
 
 
 def resize_rows(x: np.ndarray, taps: LinearTaps, offset: int = 0) -> np.ndarray:
     """Vertical pass of (C, rows, W) ``x`` whose first row is source row ``offset``."""
     w0, w1 = taps.weight0[:, None], taps.weight1[:, None]
-    return _lerp(x[:, taps.index0 - offset], w0, x[:, taps.index1 - offset], w1)
+    return lerp(x[:, taps.index0 - offset], w0, x[:, taps.index1 - offset], w1)
