@@ -39,13 +39,13 @@ class CellGrid:
         """The grid of output rows ``rows`` (taps into canvas rows from ``first`` on) and
         ``width`` output columns from ``canvas_cols``, mirrored for a flipped view."""
         cols = linear_taps(canvas_cols, width)
-        col_taps = [cols.index0, cols.index1, cols.weight0, cols.weight1]
         if flipped:
-            col_taps = [t[::-1] for t in col_taps]
+            cols = LinearTaps(cols.index0[::-1], cols.index1[::-1], cols.weight0[::-1],
+                              cols.weight1[::-1])
         _, row_cell = np.unique(rows.index0, return_inverse=True)
-        _, col_cell = np.unique(col_taps[0], return_inverse=True)
+        _, col_cell = np.unique(cols.index0, return_inverse=True)
         return cls(rows.index0 - first, rows.index1 - first, rows.weight0, rows.weight1,
-                   *col_taps, canvas_cols,
+                   cols.index0, cols.index1, cols.weight0, cols.weight1, canvas_cols,
                    row_cell=row_cell.reshape(-1), col_cell=col_cell.reshape(-1))
 
     def _distinct(self, index0: np.ndarray, index1: np.ndarray,
