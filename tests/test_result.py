@@ -82,6 +82,19 @@ def test_colorize_and_overlay():
     assert blended[0, 0].tolist() == [139, 75, 75]  # 0.75*100 + 0.25*255 = 138.75
     with pytest.raises(ValueError, match="alpha must lie in"):
         overlay(photo, labels, palette, alpha=1.5)
+    with pytest.raises(ValueError, match="must be uint8 RGB, got float32"):
+        overlay(photo.astype(np.float32), labels, palette)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.75, 1.0])
+def test_overlay_is_the_float32_blend_of_every_pair(alpha):
+    """Every (photo, colour) byte pair: the table lookup equals the blend computed directly."""
+    photo = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256, 1).repeat(3, 2)
+    palette = np.stack([np.arange(256, dtype=np.uint8)] * 3, 1)
+    labels = np.tile(np.arange(256), (256, 1))
+    direct = photo.astype(np.float32) * (1.0 - alpha) + palette[labels].astype(np.float32) * alpha
+    want = np.clip(np.round(direct), 0, 255).astype(np.uint8)
+    assert np.array_equal(overlay(photo, labels, palette, alpha), want)
 
 
 def test_overlay_with_legend(result):
