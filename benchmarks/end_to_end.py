@@ -8,13 +8,15 @@ would (``Segmenter`` -> memory-mapped safetensors) and segments one photo of the
                                     [--paths fast reference]
 
 ``--stream`` instead measures a stream of photos through ``vitadapter.stream.segment_stream``:
-the first photo (warm-up: first forward passes, allocator growth) and the steady-state rate
-(photos/s over the following photos, from the first result to the last), for the tiny reference
-model and, with ``--models tiny seed``, the seed preset on random weights; each model in its own
-process, the load average printed with each row.
+the first photo (warm-up: first forward passes, allocator growth), the steady-state rate
+(photos/s over the following photos, from the first result to the last) and the share of that
+time spent inside the crop forward passes, for the tiny reference model and, with ``--models
+tiny seed``, a preset on random weights (``--preset``, default the seed preset); each model in
+its own process, the load average printed with each row.
 
     python benchmarks/end_to_end.py --stream [--models tiny seed] [--photos 8] [--size 640x480]
-                                    [--batch-windows 1] [--device cpu]
+                                    [--batch-windows 1] [--precision fp32|bf16|fp16]
+                                    [--preset NAME] [--device cpu]
 """
 
 from __future__ import annotations
@@ -56,23 +58,38 @@ def measure(checkpoint: str, size: str, device: str, path: str, repeat: int) -> 
             "peak_rss_gib": peak_rss_gib()}
 
 
-def measure_stream(model: str, checkpoint: str, size: str, photos: int, device: str,
-                   batch_windows: int) -> dict:
-    """A stream of ``photos`` random photos of ``size``, in this process."""
+def measure_stream(model: str, checkpoint: str, size: str, args: argparse.Namespace) -> dict:
+    """A stream of ``args.photos`` random photos of ``size``, in this process; with the share of
+    the steady-state wall time spent inside the crop forward passes."""
     import numpy as np
+    import torch
 
     from vitadapter import Segmenter
+    from vitadapter.backends.torch import TorchRunner
     from vitadapter.stream import segment_stream
 
+    inside = [0.0]
+    forward = TorchRunner.forward
+
+    def timed(self: TorchRunner, crops: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = forward(self, crops)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        inside[0] += time.perf_counter() - start
+        return out
+
+    TorchRunner.forward = timed  # type: ignore[method-assign]
     width, height = (int(v) for v in size.split("x"))
+    options = {"device": args.device, "batch_windows": args.batch_windows,
+               "precision": args.precision}
     if model == "tiny":
-        segmenter = Segmenter(config=TINY_CONFIG, checkpoint=TINY_CHECKPOINT, device=device,
-                              batch_windows=batch_windows)
+        segmenter = Segmenter(config=TINY_CONFIG, checkpoint=TINY_CHECKPOINT, **options)
     else:
-        segmenter = Segmenter(PRESET, checkpoint=checkpoint, device=device,
-                              batch_windows=batch_windows)
+        segmenter = Segmenter(args.preset, checkpoint=checkpoint, **options)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(photos)]
+    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+              for _ in range(args.photos)]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     done = []
@@ -80,9 +97,13 @@ def measure_stream(model: str, checkpoint: str, size: str, photos: int, device: 
         assert not isinstance(result, Exception), result
         assert result.label_map.shape == (height, width)
         done.append(time.perf_counter())
+        if len(done) == 1:
+            inside[0] = 0.0  # the steady state: forward passes after the first result
     steady = (len(done) - 1) / (done[-1] - done[0])
-    return {"model": model, "size": size, "photos": photos, "first_s": done[0] - start,
+    return {"model": model if model == "tiny" else args.preset, "size": size,
+            "photos": args.photos, "precision": args.precision, "first_s": done[0] - start,
             "steady_photos_per_s": steady, "steady_s_per_photo": 1 / steady,
+            "forward_share": inside[0] / (done[-1] - done[0]),
             "peak_rss_gib": peak_rss_gib(), "load": (load + os.getloadavg()[0]) / 2}
 
 
@@ -90,20 +111,21 @@ def stream_table(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "random.safetensors"
         if "seed" in args.models:
-            write_random_checkpoint(checkpoint)
+            write_random_checkpoint(checkpoint, args.preset)
         rows = [run_case(__file__, model, str(checkpoint), args.size, "--stream",
                          "--photos", str(args.photos), "--device", args.device,
-                         "--batch-windows", str(args.batch_windows))
+                         "--batch-windows", str(args.batch_windows),
+                         "--precision", args.precision, "--preset", args.preset)
                 for model in args.models]
     print(f"segment_stream, {args.size} photos, batch_windows {args.batch_windows}, "
-          f"{args.device}")
+          f"{args.precision}, {args.device}")
     print("| model | photos | first photo s | steady s / photo | steady photos / s "
-          "| peak RSS GiB | load average |")
-    print("|---|---|---|---|---|---|---|")
+          "| forward share | peak RSS GiB | load average |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['photos']} | {r['first_s']:.2f} | "
               f"{r['steady_s_per_photo']:.2f} | {r['steady_photos_per_s']:.3f} | "
-              f"{r['peak_rss_gib']:.2f} | {r['load']:.1f} |")
+              f"{100 * r['forward_share']:.0f} % | {r['peak_rss_gib']:.2f} | {r['load']:.1f} |")
 
 
 def main() -> None:
@@ -119,14 +141,16 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--batch-windows", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--preset", default=PRESET,
+                        help="the preset of --models seed (random weights)")
     parser.add_argument("--case", nargs=3, metavar=("CHECKPOINT", "SIZE", "PATH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stream and args.photos < 2:
         parser.error("--photos must be at least 2 (the first photo is the warm-up)")
     if args.stream and args.case:
-        print(json.dumps(measure_stream(*args.case, args.photos, args.device,
-                                        args.batch_windows)))
+        print(json.dumps(measure_stream(*args.case, args)))
         return
     if args.stream:
         stream_table(args)

@@ -15,9 +15,15 @@ from vitadapter.pipeline.windows import SlideScores, run_windows, sliding_window
 from .conftest import PHOTO, assert_official_labels
 
 
-def on_device(slide: SlideScores) -> DeviceSlide:
-    return DeviceSlide(slide.view, slide.windows, [torch.from_numpy(s) for s in slide.scores],
-                       slide.crop)
+def on_device(slide: SlideScores, device: str = "cpu") -> DeviceSlide:
+    return DeviceSlide(slide.view, slide.windows,
+                       [torch.from_numpy(s).to(device) for s in slide.scores], slide.crop)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def device(request) -> str:
+    return request.param
 
 
 def assert_same(got: LabelMap, want: LabelMap) -> None:
@@ -45,10 +51,10 @@ def test_canvas_is_the_numpy_canvas(reference_slides):
         assert np.array_equal(on_device(slide).canvas().numpy(), slide.canvas())
 
 
-def test_merge_equals_numpy_on_the_reference_sets(reference_slides):
+def test_merge_equals_numpy_on_the_reference_sets(reference_slides, device):
     name, slides = reference_slides
     want = merge_views(slides)
-    got = merge_on_device([on_device(s) for s in slides])
+    got = merge_on_device([on_device(s, device) for s in slides])
     # float64 sums of the per-pixel posteriors in another order: within one float32 ulp
     assert_same(got, want)
     if len(slides) == 1:
@@ -83,15 +89,15 @@ def synthetic_slide(rng: np.random.Generator, flipped: bool, ties: bool) -> Slid
 
 @pytest.mark.parametrize("flipped", [False, True])
 @pytest.mark.parametrize("ties", [False, True])
-def test_merge_equals_numpy_with_ties_and_flips(flipped, ties):
+def test_merge_equals_numpy_with_ties_and_flips(flipped, ties, device):
     rng = np.random.default_rng(3)
     slide = synthetic_slide(rng, flipped, ties)
     want = merge_views([slide])
-    assert_same(merge_on_device([on_device(slide)]), want)
+    assert_same(merge_on_device([on_device(slide, device)]), want)
     if ties:  # the near-tie pixels really went through the exact softmax
         assert {2, 5} <= set(np.unique(want.labels).tolist())
     views = [slide, synthetic_slide(rng, not flipped, ties)]
-    assert_same(merge_on_device([on_device(s) for s in views]), merge_views(views))
+    assert_same(merge_on_device([on_device(s, device) for s in views]), merge_views(views))
 
 
 def test_bands_do_not_change_the_merge():
