@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .dinov3 import config_from_meta, is_meta_layout
 from .fields import FieldReader
 from .mmcv import config_from_official
 from .schema import (
@@ -26,10 +27,12 @@ from .schema import (
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
-    """Build a :class:`ModelConfig` from either our own layout (``ModelConfig.to_dict()``) or
-    an official mmcv layout."""
+    """Build a :class:`ModelConfig` from our own layout (``ModelConfig.to_dict()``), an official
+    mmcv layout or Meta's DINOv3 constructor arguments."""
     if "model" in data or "config" in data or "type" in data.get("backbone", {}):
         return config_from_official(data)
+    if is_meta_layout(data):
+        return config_from_meta(data)
     f = FieldReader(data, "")
     # A training work dir's config.json also names the classes; the checkpoint carries them too.
     f.ignore("classes", "palette")

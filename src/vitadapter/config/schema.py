@@ -23,21 +23,27 @@ BEHAVIOURS: tuple[str, ...] = get_args(Behaviour)
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # "beit": BEiT blocks (q/v bias, relative position bias, cls token in the interactions);
-# "vit": timm-style plain ViT (fused qkv bias, absolute pos_embed, no cls token).
-BackboneKind = Literal["beit", "vit"]
+# "vit": timm-style plain ViT (fused qkv bias, absolute pos_embed, no cls token);
+# "dinov3": Meta's DINOv3 ViT (axial RoPE, cls + storage tokens, masked k bias, final norm on
+# the tapped layers).
+BackboneKind = Literal["beit", "vit", "dinov3"]
 BACKBONE_KINDS: tuple[str, ...] = get_args(BackboneKind)
+# The DINOv3 feed-forward layers: fc1 -> GELU -> fc2, or SwiGLU (w1, w2, w3).
+FfnLayer = Literal["mlp", "swiglu"]
+FFN_LAYERS: tuple[str, ...] = get_args(FfnLayer)
 HeadKind = Literal["mask2former", "upernet"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """A ViT (``kind``: BEiT or plain) with the ViT-Adapter (spatial prior, injectors,
-    extractors)."""
+    """A ViT (``kind``: BEiT, plain or DINOv3) with the ViT-Adapter (spatial prior, injectors
+    when ``with_injector``, extractors)."""
 
     kind: BackboneKind = "beit"
     # BEiT: the crop its relative position tables are sized for. Plain ViT: the pretraining
     # size, whose img_size/16 grid the absolute pos_embed was learned on (resized per input).
+    # DINOv3: the pretraining size, unused (RoPE works at any size).
     img_size: int = 896
     patch_size: int = 16
     in_channels: int = 3
@@ -52,7 +58,24 @@ class BackboneConfig:
     init_values: float | None = 1e-6
     # Plain ViT only: whether the blocks have layer scale (gamma1/gamma2).
     layer_scale: bool = True
+    # LayerNorm eps of the ViT blocks (and of the adapter unless adapter_norm_eps is given).
     norm_eps: float = 1e-6
+    adapter_norm_eps: float | None = None
+    # The official ViT-Adapter injects the spatial prior into the ViT before each run of
+    # blocks; Meta's DINOv3_Adapter only extracts (the ViT runs unchanged).
+    with_injector: bool = True
+    # DINOv3 only: register ("storage") tokens after the cls token, the FFN kind (SwiGLU's
+    # hidden width int(2/3 * mlp_ratio * dim) rounded up to ffn_align), axial RoPE with periods
+    # rope_base ** (2i / (head_dim / 2)) and, in training with the ViT not frozen, coordinates
+    # rescaled by a log-uniform factor in [1/r, r]; the k third of the qkv bias masked to zero;
+    # an unused local_cls_norm (the 7B and ViT-L SAT checkpoints hold one).
+    n_storage_tokens: int = 0
+    ffn_layer: FfnLayer = "mlp"
+    ffn_align: int = 8
+    rope_base: float = 100.0
+    rope_rescale_coords: float | None = None
+    mask_k_bias: bool = False
+    untie_global_and_local_cls_norm: bool = False
     conv_inplane: int = 64
     n_points: int = 4
     deform_num_heads: int = 16
@@ -66,6 +89,16 @@ class BackboneConfig:
     # with rate drop_path_rate * i / (depth - 1), the extractors' ConvFFN with drop_path_rate.
     # No effect in eval mode.
     drop_path_rate: float = 0.0
+
+    @property
+    def adapter_eps(self) -> float:
+        """LayerNorm eps of the adapter's injectors and extractors."""
+        return self.norm_eps if self.adapter_norm_eps is None else self.adapter_norm_eps
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        """The block whose output each interaction extracts from (the last of its run)."""
+        return tuple(last for _, last in self.interaction_indexes)
 
     @property
     def window_size(self) -> tuple[int, int]:
@@ -255,9 +288,10 @@ def _validate_backbone(b: BackboneConfig, inference: InferenceConfig) -> None:
         raise ConfigError(f"backbone.drop_path_rate must be in [0, 1), got {b.drop_path_rate}")
     if crop[0] != crop[1] or crop[0] % 32:
         raise ConfigError(f"test crop_size must be square and a multiple of 32, got {crop}")
-    if b.kind == "vit" and b.use_rel_pos_bias:
-        raise ConfigError("a plain ViT backbone (kind 'vit') has no relative position bias: "
-                          "set backbone.use_rel_pos_bias to false")
+    if b.kind != "beit" and b.use_rel_pos_bias:
+        raise ConfigError(f"a {b.kind} backbone has no relative position bias: set "
+                          "backbone.use_rel_pos_bias to false")
+    _validate_dinov3_fields(b)
     if b.embed_dim % b.num_heads or b.embed_dim % b.deform_num_heads:
         raise ConfigError("backbone.embed_dim must be divisible by num_heads and deform_num_heads")
     value_dim = int(b.embed_dim * b.deform_ratio)
@@ -275,6 +309,32 @@ def _validate_backbone(b: BackboneConfig, inference: InferenceConfig) -> None:
         raise ConfigError(
             f"backbone.interaction_indexes end at block {last} but depth is {b.depth}"
         )
+
+
+def _validate_dinov3_fields(b: BackboneConfig) -> None:
+    if b.kind != "dinov3":
+        defaults = BackboneConfig()
+        changed = [name for name in _DINOV3_ONLY if getattr(b, name) != getattr(defaults, name)]
+        if changed:
+            raise ConfigError(f"backbone.{changed[0]} applies to DINOv3 backbones only (kind "
+                              f"'dinov3'); this backbone is kind {b.kind!r}")
+        return
+    if b.ffn_layer not in FFN_LAYERS:
+        raise ConfigError(f"backbone.ffn_layer must be one of {', '.join(FFN_LAYERS)}, got "
+                          f"{b.ffn_layer!r}")
+    if b.embed_dim % (4 * b.num_heads):
+        raise ConfigError("a DINOv3 backbone's head width must be a multiple of 4 (axial RoPE: "
+                          f"embed_dim {b.embed_dim} / {b.num_heads} heads)")
+    if b.n_storage_tokens < 0 or b.ffn_align < 1 or not b.rope_base > 0:
+        raise ConfigError("backbone.n_storage_tokens must be >= 0, ffn_align >= 1 and "
+                          "rope_base > 0")
+    if b.rope_rescale_coords is not None and not b.rope_rescale_coords >= 1:
+        raise ConfigError("backbone.rope_rescale_coords must be >= 1 (or null)")
+
+
+# BackboneConfig fields that only a DINOv3 backbone reads.
+_DINOV3_ONLY = ("n_storage_tokens", "ffn_layer", "ffn_align", "rope_base",
+                "rope_rescale_coords", "mask_k_bias", "untie_global_and_local_cls_norm")
 
 
 def _validate_upernet(h: UperNetConfig, b: BackboneConfig) -> None:

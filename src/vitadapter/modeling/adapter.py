@@ -1,5 +1,5 @@
-"""ViT-Adapter around a BEiT or a plain ViT: spatial prior module, injectors, extractors and
-output fusion."""
+"""ViT-Adapter around a BEiT, a plain ViT or a DINOv3 ViT: spatial prior module, injectors
+(the official adapter) or none (Meta's DINOv3_Adapter), extractors and output fusion."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import BackboneConfig, Behaviour
-from .backbones import beit, vit
+from .backbones import beit, dinov3, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
@@ -114,8 +114,8 @@ class AdapterAttention(nn.Module):
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour, num_levels: int) -> None:
         super().__init__()
         dim = cfg.embed_dim
-        self.query_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.feat_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.query_norm = nn.LayerNorm(dim, eps=cfg.adapter_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=cfg.adapter_eps)
         self.attn = MSDeformAttn(dim, cfg.deform_num_heads, num_levels, cfg.n_points,
                                  cfg.deform_ratio)
         self.add_query = behaviour == "modelscope"
@@ -152,7 +152,7 @@ class Extractor(AdapterAttention):
         self.ffn: ConvFFN | None
         if cfg.with_cffn:
             self.ffn = ConvFFN(cfg.embed_dim, int(cfg.embed_dim * cfg.cffn_ratio))
-            self.ffn_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+            self.ffn_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.adapter_eps)
             self.drop_path = DropPath(cfg.drop_path_rate)
         else:
             self.ffn = None
@@ -170,54 +170,64 @@ class Extractor(AdapterAttention):
 
 
 class InteractionBlock(nn.Module):
-    """Injector, a run of ViT blocks (with the cls token when there is one), extractor(s)."""
+    """One interaction: an injector before the ViT's run of blocks (when the adapter has
+    injectors), then the extractor and, in the last interaction, two extra extractors reading
+    the run's output."""
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour, extra_extractors: bool) -> None:
         super().__init__()
-        self.injector = Injector(cfg, behaviour)
+        self.injector = Injector(cfg, behaviour) if cfg.with_injector else None
         self.extractor = Extractor(cfg, behaviour)
         self.extra_extractors = (nn.ModuleList([Extractor(cfg, behaviour) for _ in range(2)])
                                  if extra_extractors else None)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cls: torch.Tensor | None,
-                blocks: nn.ModuleList, height: int, width: int, pyramid: Shapes,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        device = x.device
-        vit_grid = ((height, width),)
-        x = self.injector(x, c, reference_points(vit_grid, device), pyramid)
-        if cls is not None:
-            x = torch.cat((cls, x), dim=1)
-        for block in blocks:
-            x = block(x)
-        if cls is not None:
-            cls, x = x[:, :1], x[:, 1:]
-        ref = reference_points(pyramid, device)
-        extractors = [self.extractor, *(self.extra_extractors or ())]
-        for extractor in extractors:
+    def extract(self, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, vit_grid: Shapes,
+                height: int, width: int) -> torch.Tensor:
+        for extractor in (self.extractor, *(self.extra_extractors or ())):
             c = extractor(c, x, ref, vit_grid, height, width)
-        return x, c, cls
+        return c
+
+
+# The ViT's own parts (everything else is the adapter): what freezing the ViT freezes.
+VIT_PARTS = ("patch_embed", "cls_token", "storage_tokens", "mask_token", "pos_embed",
+             "rope_embed", "blocks", "norm", "local_cls_norm")
 
 
 class ViTAdapter(nn.Module):
-    """The ViT-Adapter around a BEiT (official ``BEiTAdapter``: cls token, relative position
-    bias) or a plain ViT (official ``ViTAdapter``: absolute position embedding, no cls token),
-    by ``cfg.kind``; returns four maps at 1/4, 1/8, 1/16 and 1/32."""
+    """The ViT-Adapter around a ViT, by ``cfg.kind``: a BEiT (official ``BEiTAdapter``: cls
+    token, relative position bias), a plain ViT (official ``ViTAdapter``: absolute position
+    embedding, no cls token) or Meta's DINOv3 ViT (``DINOv3_Adapter``: cls and storage tokens,
+    RoPE, the final norm applied to each tapped layer, no injectors). Returns four maps at 1/4,
+    1/8, 1/16 and 1/32.
+
+    The ViT's parameters sit directly in this module under their released names
+    (:data:`VIT_PARTS`); :meth:`freeze_vit` freezes them (no gradients, eval mode kept).
+    """
 
     def __init__(self, cfg: BackboneConfig, behaviour: Behaviour = "official") -> None:
         super().__init__()
         self.cfg = cfg
+        self.vit_frozen = False
         dim = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, dim)
         self.cls_token: nn.Parameter | None = None
         self.pos_embed: nn.Parameter | None = None
+        self.rope_embed: dinov3.RopeEmbedding | None = None
+        self.norm: nn.LayerNorm | None = None
         if cfg.kind == "vit":
             grid = cfg.img_size // cfg.patch_size
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
         else:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        if cfg.kind == "dinov3":
+            self._dinov3_tokens(cfg)
         self.blocks = nn.ModuleList([
             _block(cfg, cfg.drop_path_rate * i / max(cfg.depth - 1, 1)) for i in range(cfg.depth)
         ])
+        if cfg.kind == "dinov3":
+            self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+            if cfg.untie_global_and_local_cls_norm:  # trained with, never used at inference
+                self.local_cls_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(cfg.conv_inplane, dim, cfg.in_channels)
         last = len(cfg.interaction_indexes) - 1
@@ -231,23 +241,34 @@ class ViTAdapter(nn.Module):
         self.norm3 = nn.BatchNorm2d(dim)
         self.norm4 = nn.BatchNorm2d(dim)
 
+    def _dinov3_tokens(self, cfg: BackboneConfig) -> None:
+        dim = cfg.embed_dim
+        self.storage_tokens = (nn.Parameter(torch.zeros(1, cfg.n_storage_tokens, dim))
+                               if cfg.n_storage_tokens else None)
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        self.rope_embed = dinov3.RopeEmbedding(dim // cfg.num_heads, cfg.rope_base,
+                                               cfg.rope_rescale_coords)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         pyramid = pyramid_shapes(*x.shape[-2:])
         c1, (c2, c3, c4) = self.spm(x)
         c = torch.cat([c2 + self.level_embed[0], c3 + self.level_embed[1],
                        c4 + self.level_embed[2]], dim=1)
 
-        x, height, width = self.patch_embed(x)
+        prefix, x, height, width = self._tokens(x)
+        rope = None if self.rope_embed is None else self.rope_embed(height, width)
+        vit_grid = ((height, width),)
         batch, _, dim = x.shape
-        if self.pos_embed is not None:
-            side = self.cfg.img_size // self.cfg.patch_size
-            x = x + resize_pos_embed(self.pos_embed, side, height, width)
-        cls = None if self.cls_token is None else self.cls_token.expand(batch, -1, -1)
         outs = []
         for layer, (first, last) in zip(self.interactions, self.cfg.interaction_indexes,
                                         strict=True):
-            x, c, cls = layer(x, c, cls, self.blocks[first:last + 1], height, width, pyramid)
-            outs.append(x.transpose(1, 2).reshape(batch, dim, height, width))
+            if layer.injector is not None:
+                x = layer.injector(x, c, reference_points(vit_grid, x.device), pyramid)
+            prefix, x = self._run_blocks(prefix, x, self.blocks[first:last + 1], rope)
+            feat = x if self.norm is None else self.norm(x)
+            c = layer.extract(c, feat, reference_points(pyramid, x.device), vit_grid, height,
+                              width)
+            outs.append(feat.transpose(1, 2).reshape(batch, dim, height, width))
 
         n2, n3 = c2.shape[1], c3.shape[1]
         maps = [c[:, a:b].transpose(1, 2).reshape(batch, dim, h, w)
@@ -264,8 +285,56 @@ class ViTAdapter(nn.Module):
             c4 = c4 + F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
 
+    def _tokens(self, image: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int, int]:
+        """The patch tokens of ``image`` and the tokens before them (BEiT: cls; DINOv3: cls and
+        storage; plain ViT: none), with the patch grid's height and width."""
+        x, height, width = self.patch_embed(image)
+        batch = x.shape[0]
+        if self.pos_embed is not None:
+            side = self.cfg.img_size // self.cfg.patch_size
+            return None, x + resize_pos_embed(self.pos_embed, side, height, width), height, width
+        assert self.cls_token is not None
+        cls = self.cls_token
+        if self.cfg.kind == "dinov3":
+            cls = cls + 0 * self.mask_token  # as Meta's, so the mask token is in the graph
+            if self.storage_tokens is not None:
+                cls = torch.cat((cls, self.storage_tokens), dim=1)
+        return cls.expand(batch, -1, -1), x, height, width
+
+    def _run_blocks(self, prefix: torch.Tensor | None, x: torch.Tensor, blocks: nn.ModuleList,
+                    rope: dinov3.Rope | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        tokens = x if prefix is None else torch.cat((prefix, x), dim=1)
+        for block in blocks:
+            tokens = block(tokens) if rope is None else block(tokens, rope)
+        if prefix is None:
+            return None, tokens
+        return tokens[:, :prefix.shape[1]], tokens[:, prefix.shape[1]:]
+
+    def vit_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The ViT's own parameters (names relative to this module)."""
+        return [(name, p) for name, p in self.named_parameters()
+                if name.split(".")[0] in VIT_PARTS]
+
+    def freeze_vit(self, frozen: bool = True) -> None:
+        """Freeze the ViT (Meta's DINOv3 recipe): no gradients, eval mode (no drop path, no
+        RoPE coordinate rescaling) even while the adapter trains."""
+        self.vit_frozen = frozen
+        for _, param in self.vit_parameters():
+            param.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ViTAdapter:
+        super().train(mode)
+        if self.vit_frozen:
+            for name, module in self.named_children():
+                if name in VIT_PARTS:
+                    module.eval()
+        return self
+
 
 def _block(cfg: BackboneConfig, drop_path: float) -> nn.Module:
+    if cfg.kind == "dinov3":
+        return dinov3.Block(cfg, drop_path)
     if cfg.kind == "vit":
         return vit.Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias,
                          cfg.layer_scale, cfg.norm_eps, drop_path)

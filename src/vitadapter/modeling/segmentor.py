@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,43 @@ logger = logging.getLogger(__name__)
 _UNUSED_PREFIXES = ("decode_head.conv_seg.",)
 _MASK2FORMER_PREFIX = "decode_head.pixel_decoder."
 AUXILIARY_PREFIX = "auxiliary_head."
+# Meta's DINOv3 segmentor: segmentation_model.0 = DINOv3_Adapter (its ViT under .backbone),
+# segmentation_model.1 = Mask2FormerHead. The adapter's names are ours; the head's (detectron2's
+# Mask2Former) map to ours by these rules, applied in order to the key after the prefix.
+META_PREFIX = "segmentation_model."
+_META_HEAD = [(re.compile(pattern), ours) for pattern, ours in (
+    (r"^pixel_decoder\.input_convs\.(\d+)\.0\.", r"pixel_decoder.input_convs.\1.conv."),
+    (r"^pixel_decoder\.input_convs\.(\d+)\.1\.", r"pixel_decoder.input_convs.\1.gn."),
+    (r"^pixel_decoder\.encoder\.level_encoding$", "pixel_decoder.level_encoding.weight"),
+    (r"^pixel_decoder\.encoder\.encoder\.layers\.(\d+)\.self_attn\.",
+     r"pixel_decoder.encoder.layers.\1.attentions.0."),
+    (r"^pixel_decoder\.encoder\.encoder\.layers\.(\d+)\.norm(\d)\.",
+     lambda m: f"pixel_decoder.encoder.layers.{m[1]}.norms.{int(m[2]) - 1}."),
+    (r"^pixel_decoder\.encoder\.encoder\.layers\.(\d+)\.linear1\.",
+     r"pixel_decoder.encoder.layers.\1.ffns.0.layers.0.0."),
+    (r"^pixel_decoder\.encoder\.encoder\.layers\.(\d+)\.linear2\.",
+     r"pixel_decoder.encoder.layers.\1.ffns.0.layers.1."),
+    (r"^pixel_decoder\.(lateral|output)_convs\.(\d+)\.norm\.", r"pixel_decoder.\1_convs.\2.gn."),
+    (r"^pixel_decoder\.(lateral|output)_convs\.(\d+)\.(weight|bias)$",
+     r"pixel_decoder.\1_convs.\2.conv.\3"),
+    (r"^predictor\.transformer_cross_attention_layers\.(\d+)\.multihead_attn\.",
+     r"transformer_decoder.layers.\1.attentions.0.attn."),
+    (r"^predictor\.transformer_cross_attention_layers\.(\d+)\.norm\.",
+     r"transformer_decoder.layers.\1.norms.0."),
+    (r"^predictor\.transformer_self_attention_layers\.(\d+)\.self_attn\.",
+     r"transformer_decoder.layers.\1.attentions.1.attn."),
+    (r"^predictor\.transformer_self_attention_layers\.(\d+)\.norm\.",
+     r"transformer_decoder.layers.\1.norms.1."),
+    (r"^predictor\.transformer_ffn_layers\.(\d+)\.linear1\.",
+     r"transformer_decoder.layers.\1.ffns.0.layers.0.0."),
+    (r"^predictor\.transformer_ffn_layers\.(\d+)\.linear2\.",
+     r"transformer_decoder.layers.\1.ffns.0.layers.1."),
+    (r"^predictor\.transformer_ffn_layers\.(\d+)\.norm\.", r"transformer_decoder.layers.\1.norms.2."),
+    (r"^predictor\.post_norm\.", "transformer_decoder.post_norm."),
+    (r"^predictor\.class_embed\.", "cls_embed."),
+    (r"^predictor\.mask_embed\.layers\.(\d)\.", lambda m: f"mask_embed.{2 * int(m[1])}."),
+    (r"^predictor\.(query_feat|query_embed|level_embed)\.", r"\1."),
+)]
 
 
 @dataclass
@@ -102,16 +140,18 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], source: str = "che
                       ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The one place of key surgery between a checkpoint and :class:`SegmentationModel`.
 
-    Strips DataParallel's ``module.``; drops the ``relative_position_index`` buffers (derived
-    from the window, so they are checked against it, never loaded) and the unused
-    ``decode_head.conv_seg.*`` of old Mask2Former releases (with a notice). The auxiliary
+    Strips DataParallel's ``module.``; renames Meta's DINOv3 segmentor keys
+    (``segmentation_model.0.*`` / ``.1.*``, :func:`meta_key`); drops the
+    ``relative_position_index`` buffers (derived from the window, so they are checked against
+    it, never loaded) and the unused ``decode_head.conv_seg.*`` of old Mask2Former releases
+    (with a notice). The auxiliary
     FCNHead of UperNet checkpoints (``auxiliary_head.*``, :data:`AUXILIARY_PREFIX`) is kept:
     it loads into the model's training-only ``auxiliary_head``. Returns the tensors to load and
     the unused keys that were dropped.
     """
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        key = key.removeprefix("module.")
+        key = meta_key(key.removeprefix("module."))
         if key.endswith("." + INDEX_KEY):
             _check_index(key, value, source)
         else:
@@ -124,6 +164,23 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], source: str = "che
         for key in unused:
             del tensors[key]
     return tensors, unused
+
+
+def meta_key(key: str) -> str:
+    """Our name for a key of Meta's DINOv3 segmentor (other keys are returned unchanged)."""
+    if not key.startswith(META_PREFIX):
+        return key
+    rest = key[len(META_PREFIX):]
+    if rest.startswith("0."):
+        return "backbone." + rest[2:].removeprefix("backbone.")
+    if not rest.startswith("1."):
+        return key
+    rest = rest[2:]
+    for pattern, ours in _META_HEAD:
+        renamed, count = pattern.subn(ours, rest)  # type: ignore[call-overload]
+        if count:
+            return "decode_head." + renamed
+    return "decode_head." + rest
 
 
 def _check_index(key: str, index: torch.Tensor, source: str) -> None:
