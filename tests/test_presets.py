@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from vitadapter import PRESETS, build_model
+from vitadapter.modeling.adapter import VIT_PARTS
+from vitadapter.modeling.backbones import dinov3
+from vitadapter.modeling.segmentor import meta_key
 
 from .conftest import REFERENCE
 
@@ -65,19 +68,73 @@ def test_every_manifest_names_a_registered_preset():
 
 
 def test_every_manifest_file_is_used():
-    files = {f.name for f in (REFERENCE / "manifests").glob("manifest-*.json")}
-    assert files == set(MANIFESTS.values())
+    files = {f.name for f in (REFERENCE / "manifests").glob("*.json")}
+    dinov3_files = {f for pair in DINOV3_MANIFESTS.values() for f in pair if f}
+    assert files == set(MANIFESTS.values()) | dinov3_files | {"hf-dinov3-vitl16-backbone.json"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_names_say_backbone_head_and_crop(name):
     cfg = PRESETS[name]
     head = "upernet" if cfg.head.kind == "upernet" else "m2f"
-    assert name.endswith(f"-{head}-{cfg.inference.crop_size[0]}")
     assert ("beit" in name) == (cfg.backbone.kind == "beit")
+    assert ("dinov3" in name) == (cfg.backbone.kind == "dinov3")
+    if name in FINE_TUNING:  # this project's starting points: no trained head to download
+        assert name.endswith(f"-{head}") and cfg.weights_url is None
+        assert cfg.backbone_weights_url and cfg.weights_access
+        return
+    assert name.endswith(f"-{head}-{cfg.inference.crop_size[0]}")
     assert cfg.weights_url and cfg.weights_url.startswith(
-        "https://github.com/czczup/ViT-Adapter/releases/download/v0.")
+        ("https://github.com/czczup/ViT-Adapter/releases/download/v0.",
+         "https://dl.fbaipublicfiles.com/dinov3/"))
     assert "mIoU" in cfg.description
+
+
+# -- DINOv3: Meta's hub backbones and its released 7B ADE20K head ----------------------------
+
+FINE_TUNING = ("dinov3-vits16-adapter-m2f", "dinov3-vitb16-adapter-m2f",
+               "dinov3-vitl16-adapter-m2f")
+DINOV3_MANIFESTS = {
+    "ade20k-dinov3-vit7b16-adapter-m2f-896": ("dinov3-vit7b16-backbone.json",
+                                              "dinov3-vit7b16-ade20k-m2f-head.json"),
+    "dinov3-vits16-adapter-m2f": ("dinov3-vits16-backbone.json", None),
+    "dinov3-vitb16-adapter-m2f": ("dinov3-vitb16-backbone.json", None),
+    "dinov3-vitl16-adapter-m2f": ("dinov3-vitl16-backbone.json", None),
+}
+
+
+def dinov3_manifest(file: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    entries = json.loads((REFERENCE / "manifests" / file).read_text())
+    return {key: (tuple(shape), dtype) for key, (shape, dtype) in entries.items()}
+
+
+def keys_and_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("name", sorted(DINOV3_MANIFESTS))
+def test_dinov3_preset_equals_metas_files(name):
+    """The ViT's keys are those Meta's hub loads strictly; with the 7B preset, every other key
+    is one of the released head file's, through the one key map (``meta_key``)."""
+    backbone_file, head_file = DINOV3_MANIFESTS[name]
+    state = build_model(name, device="meta").state_dict()
+    vit = {k.removeprefix("backbone."): v for k, v in state.items()
+           if k.startswith("backbone.") and k.split(".")[1] in VIT_PARTS}
+    assert keys_and_shapes(vit) == dinov3_manifest(backbone_file)
+    if head_file is not None:
+        rest = {k: v for k, v in state.items() if k.removeprefix("backbone.") not in vit}
+        head = {meta_key(k): v for k, v in dinov3_manifest(head_file).items()}
+        assert keys_and_shapes(rest) == head
+
+
+def test_transformers_key_map_round_trips_on_the_vitl_manifest():
+    hf = {k: torch.empty(shape, device="meta")
+          for k, (shape, _) in dinov3_manifest("hf-dinov3-vitl16-backbone.json").items()}
+    cfg = PRESETS["dinov3-vitl16-adapter-m2f"].backbone
+    hub = dinov3.from_transformers(hf, cfg)
+    assert {k: s for k, (s, _) in keys_and_shapes(hub).items()} == {
+        k: s for k, (s, _) in dinov3_manifest("dinov3-vitl16-backbone.json").items()}
+    assert keys_and_shapes(dinov3.to_transformers(hub, cfg)) == keys_and_shapes(hf)
 
 
 def test_presets_command_prints_a_table(capsys):

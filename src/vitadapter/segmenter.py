@@ -40,8 +40,10 @@ class Segmenter:
     ``model`` is a preset name, or a loaded crop runner (a backend of
     :mod:`vitadapter.backends`); ``config`` (a path to a config.json, a dict or a ModelConfig)
     replaces the preset. Without ``checkpoint`` a preset's release weights are taken from the
-    cache (``$VITADAPTER_HOME``) or downloaded once. ``device`` defaults to CUDA when available
-    (an integer is a CUDA index).
+    cache (``$VITADAPTER_HOME``) or downloaded once. ``backbone_checkpoint``: the ViT's weights
+    where they come as a file of their own (Meta's DINOv3 segmentor: ``checkpoint`` is the head
+    file, this the backbone file; a transformers ``DINOv3ViTModel`` safetensors also works).
+    ``device`` defaults to CUDA when available (an integer is a CUDA index).
     ``tta`` turns on the official multi-scale + flip test-time augmentation; ``batch_windows``
     runs that many slide windows per forward pass (same results, more memory). ``precision``
     is ``"fp32"`` (default, the official numbers), ``"bf16"`` (autocast, CPU or CUDA),
@@ -54,12 +56,14 @@ class Segmenter:
                  checkpoint: str | Path | None = None, device: str | int | None = None,
                  behaviour: Behaviour | None = None, tta: bool = False,
                  batch_windows: int = 1, trust_checkpoint: bool = False,
-                 precision: Precision = "fp32") -> None:
+                 precision: Precision = "fp32",
+                 backbone_checkpoint: str | Path | None = None) -> None:
         if batch_windows < 1:
             raise ConfigError(f"batch_windows must be at least 1, got {batch_windows}")
         runner = model if not isinstance(model, str) else _load_torch_runner(
             config if config is not None else model, checkpoint, device=device,
-            behaviour=behaviour, precision=precision, trust_checkpoint=trust_checkpoint)
+            behaviour=behaviour, precision=precision, trust_checkpoint=trust_checkpoint,
+            backbone_checkpoint=backbone_checkpoint)
         self.runner: CropRunner = runner
         self.tta = tta
         self.batch_windows = batch_windows
@@ -184,6 +188,9 @@ def _load_torch_runner(config: Any, checkpoint: str | Path | None, **kwargs: Any
     cfg = resolve_config(config, kwargs.pop("behaviour"))
     if checkpoint is not None:
         return TorchRunner.load(cfg, checkpoint, **kwargs)
+    if kwargs["backbone_checkpoint"] is not None:
+        raise ConfigError("a backbone checkpoint goes with the head's checkpoint: pass "
+                          "checkpoint=... (--checkpoint) too")
     cached = fetch_weights(cfg)
     try:
         return TorchRunner.load(cfg, cached, **kwargs)

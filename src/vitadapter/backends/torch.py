@@ -56,11 +56,13 @@ def resolve_device(device: str | int | None) -> str:
 
 
 def load_model(cfg: ConfigLike, checkpoint: str | Path, *, device: str = "cpu",
-               behaviour: Behaviour | None = None,
-               trust_checkpoint: bool = False) -> SegmentationModel:
-    """Build on the meta device, fill from ``checkpoint`` and move to ``device``."""
+               behaviour: Behaviour | None = None, trust_checkpoint: bool = False,
+               backbone_checkpoint: str | Path | None = None) -> SegmentationModel:
+    """Build on the meta device, fill from ``checkpoint`` (and ``backbone_checkpoint``, for
+    weights distributed as a head file and a backbone file) and move to ``device``."""
     model = build_model(cfg, behaviour=behaviour, device="meta")
-    load_checkpoint(model, checkpoint, trust_checkpoint=trust_checkpoint)
+    load_checkpoint(model, checkpoint, trust_checkpoint=trust_checkpoint,
+                    backbone=backbone_checkpoint)
     return model.to(device)
 
 
@@ -81,10 +83,13 @@ class TorchRunner:
     @classmethod
     def load(cls, cfg: ConfigLike, checkpoint: str | Path, *, device: str | int | None = None,
              behaviour: Behaviour | None = None, precision: Precision = "fp32",
-             trust_checkpoint: bool = False) -> TorchRunner:
-        """Build the model of ``cfg``, load ``checkpoint`` into it and wrap it."""
+             trust_checkpoint: bool = False,
+             backbone_checkpoint: str | Path | None = None) -> TorchRunner:
+        """Build the model of ``cfg``, load ``checkpoint`` (and ``backbone_checkpoint``) into
+        it and wrap it."""
         model = load_model(cfg, checkpoint, device=resolve_device(device),
-                           behaviour=behaviour, trust_checkpoint=trust_checkpoint)
+                           behaviour=behaviour, trust_checkpoint=trust_checkpoint,
+                           backbone_checkpoint=backbone_checkpoint)
         return cls(model, precision, owns_model=True)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:

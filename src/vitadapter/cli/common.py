@@ -31,6 +31,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="weights (.zip/.pth/.pth.tar/.pt/.safetensors); default: the "
                             "preset's release weights, cached in $VITADAPTER_HOME or "
                             "downloaded once")
+    group.add_argument("--backbone-checkpoint", default=None, metavar="PATH",
+                       help="the ViT's weights as a file of their own, as Meta distributes "
+                            "DINOv3 (--checkpoint is then the head file): Meta's "
+                            "dinov3_*_pretrain_*.pth or transformers' DINOv3 safetensors")
     group.add_argument("--device", default=None,
                        help="cpu, cuda, cuda:1, 1 (a CUDA index), mps (default: cuda when "
                             "available)")
@@ -76,9 +80,12 @@ def prediction_settings(args: argparse.Namespace, segmenter: Segmenter) -> dict[
 
         named = cached_weights_path(segmenter.config)
     weights = Path(named)
-    return {"precision": getattr(segmenter.runner, "precision", "fp32"),
-            "device_kind": segmenter.device.split(":")[0],
-            "checkpoint_sha256": sha256_of(weights) if weights.is_file() else None}
+    settings = {"precision": getattr(segmenter.runner, "precision", "fp32"),
+                "device_kind": segmenter.device.split(":")[0],
+                "checkpoint_sha256": sha256_of(weights) if weights.is_file() else None}
+    if getattr(args, "backbone_checkpoint", None):
+        settings["backbone_checkpoint_sha256"] = sha256_of(Path(args.backbone_checkpoint))
+    return settings
 
 
 def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
@@ -87,6 +94,8 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     if getattr(args, "onnx", None):
         clashes = [flag for flag, value in (("--model", args.model), ("--config", args.config),
                                             ("--checkpoint", args.checkpoint),
+                                            ("--backbone-checkpoint",
+                                             args.backbone_checkpoint),
                                             ("--behaviour", args.behaviour),
                                             ("--trust-checkpoint", args.trust_checkpoint),
                                             ("--precision", args.precision != "fp32"))
@@ -99,4 +108,5 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     return Segmenter(args.model or SEED_PRESET, config=args.config, checkpoint=args.checkpoint,
                      device=args.device, behaviour=args.behaviour, tta=args.tta,
                      batch_windows=args.batch_windows,
-                     trust_checkpoint=args.trust_checkpoint, precision=args.precision)
+                     trust_checkpoint=args.trust_checkpoint, precision=args.precision,
+                     backbone_checkpoint=args.backbone_checkpoint)

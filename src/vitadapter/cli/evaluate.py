@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         info: dict[str, Any] = {
             **settings, "checkpoint": (str(Path(args.checkpoint).resolve()) if args.checkpoint
                                        else "release weights"),
+            **({"backbone_checkpoint": str(Path(args.backbone_checkpoint).resolve())}
+               if args.backbone_checkpoint else {}),
             "images": result.images, "images_in_split": len(dataset.samples),
             "limit": args.limit, "ignore_index": IGNORE_INDEX, "device": segmenter.device,
             "processes": shard.world_size, "seconds": round(result.seconds, 1),

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_choice(p)
     p.add_argument("--checkpoint", default=None,
                    help="weights to export (.zip/.pth/.pth.tar/.pt/.safetensors)")
+    p.add_argument("--backbone-checkpoint", default=None, metavar="PATH",
+                   help="the ViT's weights as a file of their own (Meta's DINOv3 layout: "
+                        "--checkpoint is then the head file)")
     p.add_argument("--allow-random", action="store_true",
                    help="without --checkpoint, export random weights (for benchmarks)")
     p.add_argument("--out", required=True, type=Path, help="ONNX file to write")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.checkpoint is not None:
         model = load_model(cfg, args.checkpoint, device="cpu",
-                               trust_checkpoint=args.trust_checkpoint)
+                           trust_checkpoint=args.trust_checkpoint,
+                           backbone_checkpoint=args.backbone_checkpoint)
         weights = Path(args.checkpoint).name
     else:
         model = build_model(cfg)

@@ -47,4 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if args.long and row is not table[0]:
             cfg = PRESETS[row[0]]
             print(f"    {cfg.description}\n    weights: {cfg.weights_url}")
+            if cfg.backbone_weights_url:
+                print(f"    backbone weights: {cfg.backbone_weights_url}")
+            if cfg.weights_access:
+                print(f"    (gated: request access at {cfg.weights_access})")
     return 0

@@ -34,6 +34,54 @@ _PROVENANCE = ("set", "produced_by", "environment", "seed", "input", "patched_co
                "elapsed_s", "build_segmentation_decoder")
 
 
+# Meta's hub backbones (dinov3.hub.backbones): width, depth, heads, FFN ratio and kind.
+HUB_BACKBONES: dict[str, dict[str, Any]] = {
+    "vits16": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "vits16plus": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=6.0, ffn_layer="swiglu"),
+    "vitb16": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "vitl16": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "vitl16plus": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=6.0,
+                       ffn_layer="swiglu"),
+    "vith16plus": dict(embed_dim=1280, depth=32, num_heads=20, mlp_ratio=6.0,
+                       ffn_layer="swiglu"),
+    "vit7b16": dict(embed_dim=4096, depth=40, num_heads=32, mlp_ratio=3.0, ffn_layer="swiglu",
+                    ffn_align=64, qkv_bias=False, untie_global_and_local_cls_norm=True),
+}
+# Meta's release file of each (https://dl.fbaipublicfiles.com/dinov3/<dir>/<file>).
+HUB_FILES = {"vits16": "dinov3_vits16_pretrain_lvd1689m-08c60483.pth",
+             "vits16plus": "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth",
+             "vitb16": "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth",
+             "vitl16": "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+             "vitl16plus": "dinov3_vitl16plus_pretrain_lvd1689m-46503df0.pth",
+             "vith16plus": "dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth",
+             "vit7b16": "dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth"}
+HUB_URL = "https://dl.fbaipublicfiles.com/dinov3"
+# Meta's weights are gated: the download links come by e-mail after this form.
+ACCESS_PAGE = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
+
+
+def four_even_intervals(depth: int) -> list[int]:
+    """Meta's ``FOUR_EVEN_INTERVALS`` taps: ``i * (depth // 4) - 1``, except [4, 11, 17, 23]
+    for 24 blocks (the paper's ViT-L)."""
+    return [4, 11, 17, 23] if depth == 24 else [i * (depth // 4) - 1 for i in range(1, 5)]
+
+
+def hub_backbone(name: str, **changes: Any) -> BackboneConfig:
+    """Meta's ``dinov3_<name>`` (e.g. ``vitl16``) inside ``DINOv3_Adapter`` with Meta's adapter
+    settings (64 stem channels, 16 deformable heads, 4 points, ratio 0.5)."""
+    size = HUB_BACKBONES[name]
+    taps = four_even_intervals(size["depth"])
+    return BackboneConfig(
+        kind="dinov3", img_size=224, init_values=1e-5, norm_eps=1e-5, adapter_norm_eps=1e-6,
+        use_rel_pos_bias=False, with_injector=False, n_storage_tokens=4, mask_k_bias=True,
+        rope_rescale_coords=2.0, interaction_indexes=taps_to_runs(taps),
+        **{**size, **changes})
+
+
+def hub_url(name: str) -> str:
+    return f"{HUB_URL}/dinov3_{name}/{HUB_FILES[name]}"
+
+
 def is_meta_layout(data: Mapping[str, Any]) -> bool:
     backbone = data.get("backbone")
     return isinstance(backbone, Mapping) and "args" in backbone and "adapter" in data

@@ -38,7 +38,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     f.ignore("classes", "palette")
     kwargs: dict[str, Any] = {}
     for key in ("name", "behaviour", "dataset", "weights_url", "weights_sha256",
-                "description"):
+                "backbone_weights_url", "weights_access", "description"):
         if key in data:
             kwargs[key] = f.take(key)
     nested = {"backbone": BackboneConfig, "inference": InferenceConfig}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
+from .dinov3 import ACCESS_PAGE, HUB_URL, hub_backbone, hub_url
 from .schema import (
     AuxiliaryHeadConfig,
     BackboneConfig,
@@ -71,6 +72,30 @@ def _test(crop: int, stride: int, img_scale: tuple[int, int], *,
     return InferenceConfig(img_scale=img_scale, crop_size=(crop, crop), stride=(stride, stride),
                            tta_ratios=_MS_RATIOS_WIDE, **norm)  # type: ignore[arg-type]
 
+
+def _dinov3_m2f(embed_dim: int, hidden: int, heads: int, ffn: int, queries: int = 100,
+                num_classes: int = 150) -> HeadConfig:
+    """Mask2Former over a DINOv3 adapter: ``hidden`` channels, ``heads`` heads and an FFN of
+    ``ffn`` channels in both the pixel decoder and the transformer decoder (Meta's layout)."""
+    return HeadConfig(
+        in_channels=(embed_dim,) * 4, feat_channels=hidden, out_channels=hidden,
+        num_things_classes=num_classes, num_stuff_classes=0, num_queries=queries,
+        pixel_decoder=PixelDecoderConfig(num_heads=heads, ffn_channels=ffn,
+                                         pos_num_feats=hidden // 2),
+        decoder=TransformerDecoderConfig(num_heads=heads, ffn_channels=ffn,
+                                         pos_num_feats=hidden // 2))
+
+
+def _dinov3_test(crop: int, stride: int) -> InferenceConfig:
+    """Meta's DINOv3 test settings: short side = crop, slide stride, TTA ratios 0.9..1.1."""
+    return InferenceConfig(img_scale=(crop, crop), crop_size=(crop, crop),
+                           stride=(stride, stride), tta_ratios=(0.9, 0.95, 1.0, 1.05, 1.1))
+
+
+# This project's fine-tuning presets (Meta released a head for ViT-7B only): backbone, head
+# width, heads, FFN width (see README "DINOv3": chosen from parameters and step cost).
+_DINOV3_FINETUNE = (("vits16", "S", 256, 8, 1024), ("vitb16", "B", 256, 8, 1024),
+                    ("vitl16", "L", 512, 16, 2048))
 
 _ADE_512 = _test(512, 341, (2048, 512))
 _ADE_512_HALF = _test(512, 341, (2048, 512), mean_std=_HALF)
@@ -239,6 +264,36 @@ PRESETS: dict[str, ModelConfig] = {
             inference=_PASCAL_480,
             weights_url=f"{_RELEASES}/v0.2.7/mask2former_beit_adapter_large_480_40k_pascal_context_59.zip",
             description="BEiT-Adapter-L + Mask2Former, Pascal Context-59, 480 crop (67.8 mIoU)",
+        ),
+        ModelConfig(
+            name="ade20k-dinov3-vit7b16-adapter-m2f-896",
+            dataset="ade20k",
+            backbone=hub_backbone("vit7b16"),
+            head=_dinov3_m2f(4096, 2048, 16, 4096),
+            inference=_dinov3_test(896, 596),
+            weights_url=f"{HUB_URL}/dinov3_vit7b16/dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth",
+            backbone_weights_url=hub_url("vit7b16"),
+            weights_access=ACCESS_PAGE,
+            description="Meta's DINOv3 ViT-7B/16 + DINOv3_Adapter + Mask2Former (hidden 2048), "
+                        "ADE20K, 896 crop (63.0 mIoU, Meta's multi-scale test: --tta); head "
+                        "file dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth, 927,454,817 float32 "
+                        "values (3.7 GB), backbone 6.7 B parameters (26.9 GB)",
+        ),
+        *(
+            ModelConfig(
+                name=f"dinov3-{backbone}-adapter-m2f",
+                dataset="ade20k",
+                backbone=hub_backbone(backbone),
+                head=_dinov3_m2f(hub_backbone(backbone).embed_dim, hidden, heads, ffn),
+                inference=_dinov3_test(512, 341),
+                backbone_weights_url=hub_url(backbone),
+                weights_access=ACCESS_PAGE,
+                description=f"DINOv3 ViT-{size}/16 + adapter + Mask2Former (hidden {hidden}) to "
+                            "fine-tune on your data (vitadapter train --backbone-checkpoint "
+                            f"{hub_url(backbone).rsplit('/', 1)[1]}); 512 crop, ADE20K classes "
+                            "until trained",
+            )
+            for backbone, size, hidden, heads, ffn in _DINOV3_FINETUNE
         ),
     )
 }

@@ -212,6 +212,10 @@ class ModelConfig:
     dataset: str = "coco-stuff164k"
     weights_url: str | None = None
     weights_sha256: str | None = None  # of the file at weights_url, where known
+    # Weights distributed as a head file (weights_url) and a backbone file of their own.
+    backbone_weights_url: str | None = None
+    # Where the weights are requested when their download is gated (Meta's DINOv3 form).
+    weights_access: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:

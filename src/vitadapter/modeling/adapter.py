@@ -243,8 +243,9 @@ class ViTAdapter(nn.Module):
 
     def _dinov3_tokens(self, cfg: BackboneConfig) -> None:
         dim = cfg.embed_dim
-        self.storage_tokens = (nn.Parameter(torch.zeros(1, cfg.n_storage_tokens, dim))
-                               if cfg.n_storage_tokens else None)
+        tokens = cfg.n_storage_tokens
+        self.storage_tokens: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(1, tokens, dim)) if tokens else None)
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.rope_embed = dinov3.RopeEmbedding(dim // cfg.num_heads, cfg.rope_base,
                                                cfg.rope_rescale_coords)
@@ -260,8 +261,9 @@ class ViTAdapter(nn.Module):
         vit_grid = ((height, width),)
         batch, _, dim = x.shape
         outs = []
-        for layer, (first, last) in zip(self.interactions, self.cfg.interaction_indexes,
-                                        strict=True):
+        layer: InteractionBlock
+        for layer, (first, last) in zip(self.interactions,  # type: ignore[assignment]
+                                        self.cfg.interaction_indexes, strict=True):
             if layer.injector is not None:
                 x = layer.injector(x, c, reference_points(vit_grid, x.device), pyramid)
             prefix, x = self._run_blocks(prefix, x, self.blocks[first:last + 1], rope)
@@ -294,7 +296,7 @@ class ViTAdapter(nn.Module):
             side = self.cfg.img_size // self.cfg.patch_size
             return None, x + resize_pos_embed(self.pos_embed, side, height, width), height, width
         assert self.cls_token is not None
-        cls = self.cls_token
+        cls: torch.Tensor = self.cls_token
         if self.cfg.kind == "dinov3":
             cls = cls + 0 * self.mask_token  # as Meta's, so the mask token is in the graph
             if self.storage_tokens is not None:

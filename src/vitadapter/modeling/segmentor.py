@@ -55,7 +55,8 @@ _META_HEAD = [(re.compile(pattern), ours) for pattern, ours in (
      r"transformer_decoder.layers.\1.ffns.0.layers.0.0."),
     (r"^predictor\.transformer_ffn_layers\.(\d+)\.linear2\.",
      r"transformer_decoder.layers.\1.ffns.0.layers.1."),
-    (r"^predictor\.transformer_ffn_layers\.(\d+)\.norm\.", r"transformer_decoder.layers.\1.norms.2."),
+    (r"^predictor\.transformer_ffn_layers\.(\d+)\.norm\.",
+     r"transformer_decoder.layers.\1.norms.2."),
     (r"^predictor\.post_norm\.", "transformer_decoder.post_norm."),
     (r"^predictor\.class_embed\.", "cls_embed."),
     (r"^predictor\.mask_embed\.layers\.(\d)\.", lambda m: f"mask_embed.{2 * int(m[1])}."),
@@ -129,7 +130,11 @@ class SegmentationModel(nn.Module):
         if crop.dim() != 4 or crop.shape[1] != self.config.backbone.in_channels:
             raise ValueError(f"expected a (B, {self.config.backbone.in_channels}, {size}, {size})"
                              f" normalised crop, got shape {tuple(crop.shape)}")
-        if tuple(crop.shape[-2:]) != (size, size):
+        if self.config.backbone.kind == "dinov3":  # RoPE: any size the adapter's 1/32 takes
+            if crop.shape[-2] % 32 or crop.shape[-1] % 32 or min(crop.shape[-2:]) < 32:
+                raise ValueError(f"this model takes crops whose sides are multiples of 32, got "
+                                 f"{crop.shape[-2]}x{crop.shape[-1]}")
+        elif tuple(crop.shape[-2:]) != (size, size):
             raise ValueError(
                 f"this model takes {size}x{size} crops (its configured test crop), got "
                 f"{crop.shape[-2]}x{crop.shape[-1]}; use the Segmenter, which resizes, pads "
@@ -177,7 +182,7 @@ def meta_key(key: str) -> str:
         return key
     rest = rest[2:]
     for pattern, ours in _META_HEAD:
-        renamed, count = pattern.subn(ours, rest)  # type: ignore[call-overload]
+        renamed, count = pattern.subn(ours, rest)
         if count:
             return "decode_head." + renamed
     return "decode_head." + rest

@@ -30,7 +30,9 @@ except ImportError:  # numpy < 2
     from numpy.core import multiarray  # type: ignore[no-redef]
 from torch import nn
 
+from ..config.schema import BackboneConfig
 from ..errors import CheckpointError
+from ..modeling.backbones import dinov3
 from ..modeling.segmentor import AUXILIARY_PREFIX, checkpoint_filter
 from .safetensors import load_safetensors, save_safetensors
 
@@ -76,8 +78,32 @@ def read_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> Chec
     return _normalise(_torch_load(path, trust_checkpoint), str(path))
 
 
+def read_backbone_checkpoint(path: str | Path, cfg: BackboneConfig | None, *,
+                             trust_checkpoint: bool = False) -> Checkpoint:
+    """A pretrained ViT file as the model's ``backbone.`` tensors: Meta's hub layout (DINOv3
+    ``dinov3_vit*_pretrain_*.pth``: the model's own names), or for a DINOv3 backbone also
+    transformers' ``DINOv3ViTModel`` safetensors."""
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    tensors = ckpt.state_dict
+    if dinov3.is_transformers_layout(tensors):
+        if cfg is None:
+            raise CheckpointError(f"{ckpt.source} is a transformers DINOv3 backbone: its "
+                                  "conversion needs the model's config (--model or --config)")
+        if cfg.kind != "dinov3":
+            raise CheckpointError(f"{ckpt.source} is a transformers DINOv3 backbone; the model's "
+                                  f"backbone is {cfg.kind!r}")
+        tensors = dinov3.from_transformers(tensors, cfg)
+    prefixed = [k for k in tensors if k.startswith(("backbone.", "decode_head."))]
+    if prefixed:
+        raise CheckpointError(f"{ckpt.source} is not a backbone file: it holds segmentation-model "
+                              f"keys ({_listing(prefixed)}); pass it as the checkpoint instead")
+    ckpt.state_dict = {f"backbone.{k}": v for k, v in tensors.items()}
+    return ckpt
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True,
-                    trust_checkpoint: bool = False) -> Checkpoint:
+                    trust_checkpoint: bool = False,
+                    backbone: str | Path | None = None) -> Checkpoint:
     """Load a checkpoint into ``model`` (built by :func:`vitadapter.build_model`).
 
     A model built on the ``meta`` device takes the checkpoint's tensors by assignment (no copy;
@@ -85,14 +111,31 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True,
     mis-shaped key raises :class:`CheckpointError` listing them and the likely cause. The
     ``relative_position_index`` buffers the releases lack are regenerated; stray
     ``decode_head.conv_seg.*`` weights of old releases are ignored with a notice.
+
+    ``backbone``: the ViT's weights as a second file (:func:`read_backbone_checkpoint`), as
+    Meta distributes its DINOv3 segmentor (a backbone file and a head file without it).
     """
     ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    if backbone is not None:
+        config = getattr(model, "config", None)
+        _merge_backbone(ckpt, read_backbone_checkpoint(
+            backbone, config.backbone if config is not None else None,
+            trust_checkpoint=trust_checkpoint))
     apply_state_dict(model, ckpt.state_dict, strict=strict, source=ckpt.source)
     if ckpt.classes is not None:
         model.classes = ckpt.classes  # type: ignore[assignment]
     if ckpt.palette is not None:
         model.palette = ckpt.palette  # type: ignore[assignment]
     return ckpt
+
+
+def _merge_backbone(ckpt: Checkpoint, vit: Checkpoint) -> None:
+    both = sorted(set(ckpt.state_dict) & set(vit.state_dict))
+    if both:
+        raise CheckpointError(f"{ckpt.source} already holds backbone weights "
+                              f"({_listing(both)}): pass it without a backbone checkpoint")
+    ckpt.state_dict.update(vit.state_dict)
+    ckpt.source = f"{ckpt.source} + {vit.source}"
 
 
 def apply_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
@@ -119,9 +162,12 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *
 
 
 def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust_checkpoint: bool = False,
-                           overwrite: bool = False) -> Path:
+                           overwrite: bool = False, backbone: str | Path | None = None,
+                           backbone_config: BackboneConfig | None = None) -> Path:
     """Convert any supported checkpoint to a safetensors file (derived index buffers are left
-    out; class names and palette go into the metadata)."""
+    out; class names and palette go into the metadata). ``backbone``: a second file with the
+    ViT's weights (Meta's DINOv3 layout: head and backbone apart), merged into the one file;
+    ``backbone_config`` is needed for a transformers backbone."""
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"destination must end in .safetensors, got {dst}")
@@ -131,6 +177,9 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust_checkpoint
     if dst.parent.exists() and not dst.parent.is_dir():
         raise CheckpointError(f"{dst.parent} is not a directory")
     ckpt = read_checkpoint(src, trust_checkpoint=trust_checkpoint)
+    if backbone is not None:
+        _merge_backbone(ckpt, read_backbone_checkpoint(backbone, backbone_config,
+                                                       trust_checkpoint=trust_checkpoint))
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(ckpt, dst)
     return dst
@@ -314,6 +363,11 @@ def _likely_cause(problems: dict[str, list[str]], expected: Mapping[str, torch.T
     if theirs and ours and theirs != ours:
         return (f"the checkpoint has {theirs} queries, the model {ours}: pick the matching "
                 "preset or config")
+    vit_keys = {f"backbone.{name}" for name in _vit_names(expected)}
+    if problems["missing"] and set(problems["missing"]) <= vit_keys:
+        return ("the checkpoint holds the adapter and head without the ViT (as Meta distributes "
+                "its DINOv3 segmentor): pass the backbone file too (backbone_checkpoint=..., "
+                "--backbone-checkpoint)")
     if any(k.startswith("auxiliary_head.") for k in problems["unexpected"]):
         return "this is an UperNet checkpoint; only Mask2Former models are supported"
     if given and not any(k.startswith(("backbone.", "decode_head.")) for k in given):
@@ -322,6 +376,14 @@ def _likely_cause(problems: dict[str, list[str]], expected: Mapping[str, torch.T
     if problems["mismatched"]:
         return "the checkpoint's model has other widths or depths: pick the matching preset"
     return "the checkpoint comes from a different architecture or a different preset"
+
+
+def _vit_names(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names (after ``backbone.``) of the ViT's own tensors among a model's keys."""
+    from ..modeling.adapter import VIT_PARTS
+
+    return [k.removeprefix("backbone.") for k in state_dict
+            if k.startswith("backbone.") and k.split(".")[1] in VIT_PARTS]
 
 
 def _crop_from_table(rows: int) -> int:

@@ -47,6 +47,8 @@ def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
     unless logging is quieter than INFO (``vitadapter -q``)."""
     if progress is None:
         progress = logger.isEnabledFor(logging.INFO)
+    if cfg.weights_access:
+        raise CheckpointError(gated_message(cfg))
     target = cached_weights_path(cfg)
     if target.is_file():
         return target
@@ -74,6 +76,21 @@ def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
         archive.unlink()
     logger.info("stored %s", target)
     return target
+
+
+def gated_message(cfg: ModelConfig) -> str:
+    """What to do for weights whose download is gated (Meta's DINOv3 licence form)."""
+    files = [Path(urlparse(url).path).name for url in (cfg.weights_url, cfg.backbone_weights_url)
+             if url]
+    if cfg.weights_url:
+        usage = ("then pass them: --checkpoint HEAD --backbone-checkpoint BACKBONE (Python: "
+                 "checkpoint=..., backbone_checkpoint=...)")
+    else:
+        usage = (f"then fine-tune it: vitadapter train --model {cfg.name} "
+                 "--backbone-checkpoint BACKBONE ...")
+    return (f"the weights of {cfg.name!r} are not downloaded automatically: Meta gates them. "
+            f"Request access at {cfg.weights_access} (Meta e-mails the download links), "
+            f"download {' and '.join(files)}, {usage}")
 
 
 def verify_release(cfg: ModelConfig, archive: Path) -> Checkpoint:

@@ -40,6 +40,8 @@ class RopeEmbedding(nn.Module):
     periods, tiled twice to the head width.
     """
 
+    periods: torch.Tensor
+
     def __init__(self, head_dim: int, base: float, rescale: float | None = None) -> None:
         super().__init__()
         self.rescale = rescale
@@ -76,6 +78,8 @@ def apply_rope(x: torch.Tensor, rope: Rope, prefix: int) -> torch.Tensor:
 class MaskedBiasLinear(nn.Linear):
     """The qkv projection whose bias is multiplied by the stored ``bias_mask`` buffer (Meta's
     ``LinearKMaskedBias``: 1 on the q and v thirds, 0 on the k third)."""
+
+    bias_mask: torch.Tensor
 
     def __init__(self, dim: int, out: int) -> None:
         super().__init__(dim, out)
