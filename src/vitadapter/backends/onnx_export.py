@@ -5,7 +5,8 @@
 :func:`vitadapter.ops.reference_path` (one standard ``GridSample`` per level for the deformable
 attention, explicit attention), so any runtime with opset >= 16 runs it. The file's metadata
 makes it self-describing (see :mod:`.onnx_metadata`); models whose weights exceed what
-one protobuf may hold keep them in ``<out>.data`` next to the file.
+one protobuf may hold keep them in ``<out>.data`` next to the file. DINOv3's RoPE tables are
+computed for the crop and stored as constants.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..errors import ExportError, MissingDependencyError
 from ..modeling.backbones.beit import Attention, relative_position_index
+from ..modeling.backbones.dinov3 import RopeEmbedding
 from ..modeling.segmentor import SegmentationModel
 from ..ops import reference_path
 from .base import ModelInfo
@@ -223,7 +225,7 @@ def _trace(model: SegmentationModel, path: Path, opset: int) -> None:
     model.eval()
     try:
         with (reference_path(), torch.no_grad(), _runtime_bias_gather(model, example),
-              warnings.catch_warnings()):
+              _constant_rope(model, size), warnings.catch_warnings()):
             warnings.simplefilter("ignore")  # tracer notes on shape checks baked in as constants
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, opset_version=opset,
@@ -235,6 +237,22 @@ def _trace(model: SegmentationModel, path: Path, opset: int) -> None:
         raise ExportError(f"the ONNX exporter failed at opset {opset}: {message}") from None
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def _constant_rope(model: SegmentationModel, size: int) -> Iterator[None]:
+    """DINOv3's RoPE tables for the export's crop, computed before the trace so that the graph
+    holds them as constants (no Range/Sin/Cos of the token grid for a runtime to compile)."""
+    ropes = [m for m in model.modules() if isinstance(m, RopeEmbedding)]
+    grid = size // model.config.backbone.patch_size
+    for rope in ropes:
+        tables = rope(grid, grid)
+        rope.forward = lambda height, width, tables=tables: tables  # type: ignore[method-assign, misc]
+    try:
+        yield
+    finally:
+        for rope in ropes:
+            del rope.forward  # the class's method again
 
 
 @contextmanager
