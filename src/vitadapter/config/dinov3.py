@@ -179,7 +179,8 @@ def _head(f: FieldReader, num_classes: int, embed_dim: int) -> HeadConfig:
         num_heads=int(pd.take("transformer_nheads", 16)),
         ffn_channels=int(pd.take("transformer_dim_feedforward", 4096)),
         num_points=int(pd.take("enc_n_points", 4)),
-        num_groups=int(pd.take("groupnorm_groups", 32)), pos_num_feats=hidden // 2)
+        num_groups=int(pd.take("groupnorm_groups", 32)), pos_num_feats=hidden // 2,
+        float32=True)
     pd.done()
     pr = f.sub("predictor")
     pr.expect("pre_norm", False)

@@ -81,7 +81,7 @@ def _dinov3_m2f(embed_dim: int, hidden: int, heads: int, pixel_ffn: int, decoder
         in_channels=(embed_dim,) * 4, feat_channels=hidden, out_channels=hidden,
         num_things_classes=num_classes, num_stuff_classes=0, num_queries=queries,
         pixel_decoder=PixelDecoderConfig(num_heads=heads, ffn_channels=pixel_ffn,
-                                         pos_num_feats=hidden // 2),
+                                         pos_num_feats=hidden // 2, float32=True),
         decoder=TransformerDecoderConfig(num_heads=heads, ffn_channels=decoder_ffn,
                                          pos_num_feats=hidden // 2))
 

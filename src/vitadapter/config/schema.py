@@ -119,6 +119,9 @@ class PixelDecoderConfig:
     num_groups: int = 32
     pos_num_feats: int = 512
     strides: tuple[int, ...] = (4, 8, 16, 32)
+    # Run in float32 even under autocast, as Meta's DINOv3 pixel decoder does (its bf16
+    # precision mode: bf16 backbone, adapter and transformer decoder, float32 pixel decoder).
+    float32: bool = False
 
 
 @dataclass(frozen=True)

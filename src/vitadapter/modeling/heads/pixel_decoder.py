@@ -73,6 +73,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         pd = cfg.pixel_decoder
         feat = cfg.feat_channels
         self.strides = tuple(pd.strides)
+        self.float32 = pd.float32
         self.num_levels = pd.num_levels
         self.pos_num_feats = pd.pos_num_feats
         num_inputs = len(cfg.in_channels)
@@ -97,6 +98,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_feature = nn.Conv2d(feat, cfg.out_channels, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.float32:
+            with torch.autocast(feats[0].device.type, enabled=False):
+                return self._forward([f.float() for f in feats])
+        return self._forward(feats)
+
+    def _forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         batch = feats[0].shape[0]
         device = feats[0].device
         num_inputs = len(feats)
