@@ -370,14 +370,29 @@ def test_scores_at_another_size_are_refused():
         slide.add(np.zeros((CLASSES, 24, 24), np.float32))
 
 
-def test_stream_batches_only_same_shaped_windows():
-    runner = SyntheticRunner(synthetic_config())
+class SyntheticDeviceRunner(SyntheticRunner):
+    """The synthetic scores as the PyTorch backend gives them on an accelerator: its
+    ``forward`` makes the stream window and merge on the device."""
+
+    def __init__(self, config: ModelConfig, device: str) -> None:
+        super().__init__(config)
+        self.device = device
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self(crops.cpu().numpy())).to(self.device)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_stream_batches_only_same_shaped_windows(device):
+    runner = (SyntheticRunner(synthetic_config()) if device == "cpu"
+              else SyntheticDeviceRunner(synthetic_config(), device))
     segmenter = Segmenter(runner, tta=True, batch_windows=4)
     photos = [synthetic_photo(), synthetic_photo(170, 90).copy()]
     out = list(segment_stream(segmenter, photos))
     assert max(s[0] for s in runner.shapes) == 4  # batches were formed
     for (_, got), photo in zip(out, photos, strict=True):
-        want = segmenter.segment(photo)
+        want = segmenter.segment(photo)  # windows and merge in numpy
         assert np.array_equal(got.label_map, want.label_map)
 
 
