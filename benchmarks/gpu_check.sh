@@ -24,9 +24,10 @@ step() {  # NAME SECONDS COMMAND...
 
 run() {
     case $1 in
-    tests)  # every CUDA test: parity, the device merge, the deformable-attention kernels
+    tests)  # every CUDA test: parity, the device merges, the deformable-attention kernels
         step tests 240 "$python" -m pytest -q -x tests/test_cuda.py tests/test_torch_merge.py \
-            tests/test_ms_deform_attn.py tests/test_ms_deform_attn_backward.py ;;
+            tests/test_ms_deform_attn.py tests/test_ms_deform_attn_backward.py \
+            tests/test_dinov3_pipeline.py ;;
     merge)  # the merge alone on the device (target: a 4000x3000 photo under 1 s)
         step merge 120 "$python" benchmarks/merge.py --device cuda --scores peaked uniform ;;
     stream)  # photos in a stream, bf16 (target: >= 85 % of the wall time in the crop forward)

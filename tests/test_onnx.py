@@ -76,8 +76,8 @@ def test_file_describes_itself(tiny_models, segmenter, exported):
     assert json.loads(props["vitadapter.crop_size"]) == [128, 128]
     assert json.loads(props["vitadapter.stride"]) == [64, 64]
     assert json.loads(props["vitadapter.preprocessing"]) == {
-        "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "to_rgb": True,
-        "img_scale": [512, 128], "size_divisor": 32}
+        "pipeline": "mmseg", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+        "to_rgb": True, "img_scale": [512, 128], "size_divisor": 32, "short_side": None}
     assert json.loads(props["vitadapter.classes"])[:2] == ["person", "bicycle"]
     seg = Segmenter.from_onnx(path)
     assert seg.config == tiny_models["tiny-upstream"].config

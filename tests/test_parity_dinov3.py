@@ -4,15 +4,20 @@ transformers distribute them."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from vitadapter import build_model, load_checkpoint
+from vitadapter import Segmenter, build_model, load_checkpoint
 from vitadapter.cli import main
+from vitadapter.config import load_config_file
 from vitadapter.errors import CheckpointError
+from vitadapter.files import sha256_of
 from vitadapter.modeling.backbones import dinov3
 from vitadapter.ops import reference_path
 from vitadapter.weights.checkpoint import read_backbone_checkpoint
@@ -26,7 +31,7 @@ CONFIG, HEAD, BACKBONE = SET / "config.json", SET / "head.pth", SET / "backbone.
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, np.ndarray]:
-    with np.load(SET / "model.npz") as data:
+    with np.load(SET / "expected.npz") as data:
         return {k: data[k] for k in data.files}
 
 
@@ -145,3 +150,68 @@ def test_backbone_file_must_be_a_backbone() -> None:
     cfg = build_model(CONFIG, device="meta").config.backbone
     with pytest.raises(CheckpointError, match="is not a backbone file"):
         read_backbone_checkpoint(REFERENCE / "checkpoint.pth", cfg)
+
+
+# -- the photo end to end: Meta's test pipeline around the model ------------------------------
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return Segmenter(config=CONFIG, checkpoint=HEAD, backbone_checkpoint=BACKBONE, device="cpu")
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+@pytest.mark.parametrize("run", ["ss", "tta"])
+def test_label_map_is_metas(segmenter: Segmenter, expected: dict[str, np.ndarray], run: str,
+                            reference: bool) -> None:
+    """Single scale and Meta's multi-scale + flip TTA: Meta's labels wherever its top-2 scores
+    do not tie within float32 noise (the set's margins)."""
+    with reference_path(reference):
+        labels = segmenter.segment(SET / "input.png", tta=run == "tta").label_map
+    clear = expected[f"{run}_label_map_top2_margin"] >= 1e-7
+    assert clear.mean() > 0.99
+    assert np.array_equal(labels[clear], expected[f"{run}_label_map"][clear])
+
+
+def test_slide_canvas_is_metas(segmenter: Segmenter, expected: dict[str, np.ndarray]) -> None:
+    canvas = segmenter.scores(SET / "input.png")
+    np.testing.assert_allclose(canvas.max(0), expected["ss_slide_scores_max"][0], atol=1e-5)
+    assert np.array_equal(canvas.argmax(0), expected["ss_slide_scores_argmax"][0])
+
+
+def test_metas_bf16_einsum_option(expected: dict[str, np.ndarray]) -> None:
+    """``einsum_dtype="bf16"`` is Meta's unmodified cast: its label maps (information arrays of
+    the set, which move 97 and 152 pixels away from the float32 maps)."""
+    cfg = load_config_file(CONFIG)
+    cfg = cfg.replace(inference=dataclasses.replace(cfg.inference, einsum_dtype="bf16"))
+    segmenter = Segmenter(config=cfg, checkpoint=HEAD, backbone_checkpoint=BACKBONE,
+                          device="cpu")
+    for run in ("ss", "tta"):
+        labels = segmenter.segment(SET / "input.png", tta=run == "tta").label_map
+        assert np.array_equal(labels, expected[f"{run}_label_map_bf16einsum"])
+        assert (labels != expected[f"{run}_label_map"]).sum() > 90
+
+
+def test_cli_segments_with_the_two_files(tmp_path: Path,
+                                         expected: dict[str, np.ndarray]) -> None:
+    assert main(["segment", str(SET / "input.png"), "--out", str(tmp_path), "--config",
+                 str(CONFIG), "--checkpoint", str(HEAD), "--backbone-checkpoint",
+                 str(BACKBONE), "--device", "cpu"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "input_labels.png"))
+    clear = expected["ss_label_map_top2_margin"] >= 1e-7
+    assert np.array_equal(labels[clear], expected["ss_label_map"][clear])
+    record = json.loads((tmp_path / "input.json").read_text())
+    assert record["backbone_checkpoint_sha256"] == sha256_of(BACKBONE)
+
+
+def test_onnx_export_runs_metas_pipeline_without_torch(tmp_path: Path, model: torch.nn.Module,
+                                                       expected: dict[str, np.ndarray]) -> None:
+    """export-onnx of the DINOv3 segmentor (RoPE tables stored as constants for the crop):
+    onnxruntime's scores are PyTorch's and its labels Meta's outside ties."""
+    pytest.importorskip("onnxruntime")
+    from vitadapter.backends.onnx_export import export_onnx, verify_export
+
+    path = export_onnx(model, tmp_path / "dinov3.onnx", weights="tiny")
+    assert verify_export(model, path) < 1e-4
+    labels = Segmenter.from_onnx(path).segment(SET / "input.png").label_map
+    clear = expected["ss_label_map_top2_margin"] >= 1e-7
+    assert np.array_equal(labels[clear], expected["ss_label_map"][clear])

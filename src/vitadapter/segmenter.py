@@ -22,7 +22,7 @@ from .config.schema import Behaviour, ModelConfig, Precision
 from .errors import CheckpointError, ConfigError
 from .pipeline.images import ChannelOrder, load_image
 from .pipeline.merge import LabelMap, merge_views
-from .pipeline.preprocess import View, augmented_views, preprocess
+from .pipeline.preprocess import View, augmented_views
 from .pipeline.result import SegmentationResult
 from .pipeline.windows import run_windows
 
@@ -44,7 +44,8 @@ class Segmenter:
     where they come as a file of their own (Meta's DINOv3 segmentor: ``checkpoint`` is the head
     file, this the backbone file; a transformers ``DINOv3ViTModel`` safetensors also works).
     ``device`` defaults to CUDA when available (an integer is a CUDA index).
-    ``tta`` turns on the official multi-scale + flip test-time augmentation; ``batch_windows``
+    ``tta`` turns on the multi-scale + flip test-time augmentation of the config's pipeline
+    (the official mmseg one, or Meta's for ``inference.pipeline="dinov3"``); ``batch_windows``
     runs that many slide windows per forward pass (same results, more memory). ``precision``
     is ``"fp32"`` (default, the official numbers), ``"bf16"`` (autocast, CPU or CUDA),
     ``"fp16"`` (autocast, CUDA) or ``"int8"`` (dynamically quantised Linear layers, CPU).
@@ -158,16 +159,16 @@ class Segmenter:
         if device_merge is not None:
             return device_merge(views, cfg.crop_size, cfg.stride, self.batch_windows)
         return merge_views([run_windows(v, self.runner, cfg.crop_size, cfg.stride,
-                                        self.batch_windows) for v in views],
+                                        self.batch_windows, cfg.pipeline) for v in views],
                            logits=self.config.head.kind == "upernet")
 
     def scores(self, image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
         """The averaged slide-inference class scores of the single-scale view, before the final
         resize to the photo's size: (num_classes, h, w) at the preprocessed size."""
         cfg = self.config.inference
-        view = preprocess(load_image(image, channel_order=channel_order), cfg)
+        (view,) = augmented_views(load_image(image, channel_order=channel_order), cfg)
         return run_windows(view, self.runner, cfg.crop_size, cfg.stride,
-                           self.batch_windows).canvas()
+                           self.batch_windows, cfg.pipeline).canvas()
 
 
 def device_merge_of(runner: CropRunner, name: str) -> Any:

@@ -25,7 +25,7 @@ from .pipeline.images import load_image
 from .pipeline.merge import LabelMap, merge_views
 from .pipeline.preprocess import View, augmented_views
 from .pipeline.result import SegmentationResult
-from .pipeline.windows import SlideScores, Window, sliding_windows
+from .pipeline.windows import SlideScores, Window, open_slide
 from .segmenter import device_merge_of
 
 if TYPE_CHECKING:
@@ -106,26 +106,27 @@ class _Windows:
 
     def open(self, photo: _Photo) -> list[tuple[Any, Any, Window]]:
         """Set up the photo's slides; its (slide, image, window) crops to score."""
+        cfg = self.cfg
         crops: list[tuple[Any, Any, Window]] = []
         for view in photo.item.views:
-            windows = sliding_windows(view.image.shape[1], view.image.shape[2],
-                                      self.cfg.crop_size, self.cfg.stride)
             image: Any = view.image
+            slide: Any
             if self.forward is not None:
                 import torch
 
                 from .backends.torch_merge import DeviceSlide
 
                 image = torch.from_numpy(view.image).to(self.runner.device)
-                slide: Any = DeviceSlide(view, windows, [], self.cfg.crop_size)
+                slide = open_slide(view, cfg.crop_size, cfg.stride, cfg.pipeline, DeviceSlide)
             else:
-                slide = SlideScores(view, windows, [], self.cfg.crop_size)
+                slide = open_slide(view, cfg.crop_size, cfg.stride, cfg.pipeline, SlideScores)
             photo.slides.append(slide)
-            crops.extend((slide, image, w) for w in windows)
+            crops.extend((slide, image, w) for w in slide.windows)
         photo.missing = len(crops)
         return crops
 
     def score(self, crops: list[tuple[Any, Any, Window]]) -> list[Any]:
+        """The scores of same-shaped crops."""
         if self.forward is not None:
             import torch
 
@@ -176,10 +177,13 @@ def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int 
                 queued.extend((photo, *crop) for crop in windows.open(photo))
                 photo.total = photo.missing
         if queued:
-            chunk = [queued.popleft() for _ in range(min(batch, len(queued)))]
+            shape = queued[0][3].shape  # a batch stacks crops of one shape
+            chunk: list[tuple[_Photo, Any, Any, Window]] = []
+            while queued and len(chunk) < batch and queued[0][3].shape == shape:
+                chunk.append(queued.popleft())
             for (photo, slide, _, _), scores in zip(
                     chunk, windows.score([c[1:] for c in chunk]), strict=True):
-                slide.scores.append(scores)
+                slide.add(scores)
                 photo.missing -= 1
             if on_windows is not None:
                 for photo in {id(c[0]): c[0] for c in chunk}.values():

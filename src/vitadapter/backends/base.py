@@ -44,8 +44,14 @@ class ModelInfo:
 
 
 class CropRunner(Protocol):
-    """A backend: runs a batch of normalised crops (N, 3, S, S) float32 to class scores
-    (N, C, S/4, S/4) float32 on ``device``.
+    """A backend: runs a batch of normalised crops to per-class scores, float32, on ``device``.
+
+    mmseg pipeline (``info.config.inference.pipeline``): crops (N, 3, S, S), S the test crop,
+    to scores (N, C, S/4, S/4) (Mask2Former's class x mask scores, UperNet's logits).
+    dinov3 pipeline: crops (N, 3, h, w), h and w multiples of 32 and not necessarily square
+    (windows of an image smaller than the crop in one dimension), to scores (N, C, h, w) at the
+    crop's own size (Meta's per-crop combination,
+    :func:`vitadapter.modeling.heads.mask2former.crop_scores`).
 
     A backend may also have ``slide_merge(views, crop, stride, batch_windows) -> LabelMap``
     (the PyTorch one does): the Segmenter then leaves the windows and the merge to it, on its

@@ -29,7 +29,8 @@ def import_onnxruntime() -> Any:
 
 class OnnxRunner:
     """Runs batches of normalised crops (N, 3, S, S) float32 through an onnxruntime session
-    and returns the class scores (N, C, S/4, S/4) float32."""
+    and returns the class scores (N, C, S/4, S/4) float32, or (N, C, S, S) for the dinov3
+    pipeline (see :class:`~.base.CropRunner`)."""
 
     def __init__(self, session: Any, metadata: OnnxMetadata, source: str = "model") -> None:
         inputs = [i.name for i in session.get_inputs()]
@@ -38,6 +39,10 @@ class OnnxRunner:
             raise OnnxModelError(f"{source}: expected input {INPUT_NAME!r} and output "
                                  f"{OUTPUT_NAME!r}, found {inputs} -> {outputs}")
         self.session = session
+        self.source = source
+        # The crop size the graph was traced for, where it is fixed.
+        spatial = tuple(session.get_inputs()[0].shape[2:])
+        self.crop_shape = spatial if all(isinstance(d, int) for d in spatial) else None
         self.metadata = metadata
         self.info = metadata.info
         self.providers: list[str] = session.get_providers()
@@ -72,6 +77,13 @@ class OnnxRunner:
         return cls(session, metadata, str(path))
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
+        if self.crop_shape is not None and tuple(crops.shape[2:]) != self.crop_shape:
+            height, width = self.crop_shape
+            raise OnnxModelError(
+                f"{self.source} takes {height}x{width} crops only, and this image needs a "
+                f"{crops.shape[2]}x{crops.shape[3]} window (the dinov3 pipeline's test-time "
+                "augmentation shrinks images below the crop at ratios under 1): run it "
+                "without TTA, or with the PyTorch backend")
         batch = np.ascontiguousarray(crops, dtype=np.float32)
         (scores,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         return np.asarray(scores, dtype=np.float32)

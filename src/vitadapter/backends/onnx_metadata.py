@@ -28,7 +28,8 @@ METADATA_KEYS = (
     "vitadapter.config",          # ModelConfig.to_dict()
     "vitadapter.classes",         # class names, index = output channel
     "vitadapter.palette",         # [[r, g, b], ...] per class
-    "vitadapter.preprocessing",   # mean, std, to_rgb, img_scale, size_divisor
+    "vitadapter.preprocessing",   # pipeline, mean, std, to_rgb, img_scale, size_divisor,
+                                  # short_side
     "vitadapter.crop_size",       # [h, w] of one input crop
     "vitadapter.stride",          # [h, w] of the slide windows
     "vitadapter.num_classes",
@@ -52,9 +53,10 @@ def write_metadata(info: ModelInfo, weights: str) -> dict[str, str]:
     rebuild the pipeline (``weights``: the checkpoint's file name, or "random")."""
     cfg = info.config
     inference = cfg.inference
-    preprocessing = {"mean": list(inference.mean), "std": list(inference.std),
-                     "to_rgb": inference.to_rgb, "img_scale": list(inference.img_scale),
-                     "size_divisor": inference.size_divisor}
+    preprocessing = {"pipeline": inference.pipeline, "mean": list(inference.mean),
+                     "std": list(inference.std), "to_rgb": inference.to_rgb,
+                     "img_scale": list(inference.img_scale),
+                     "size_divisor": inference.size_divisor, "short_side": inference.short_side}
     values: dict[str, Any] = {
         "vitadapter.format_version": FORMAT_VERSION,
         "vitadapter.config": cfg.to_dict(),

@@ -103,8 +103,9 @@ class TorchRunner:
     def slide_merge(self, views: Sequence[View], crop: tuple[int, int],
                     stride: tuple[int, int], batch_windows: int = 1) -> LabelMap:
         """Slide windows and merge of ``views`` on this runner's device (the numpy path's
-        labels, bit for bit: :mod:`.torch_merge`)."""
+        labels, bit for bit: :mod:`.torch_merge`), in the pipeline of the runner's config."""
+        pipeline = self.info.config.inference.pipeline
         with torch.inference_mode():
             slides = [run_windows_on_device(v, self.forward, self._device, crop, stride,
-                                            batch_windows) for v in views]
+                                            batch_windows, pipeline) for v in views]
             return merge_on_device(slides, logits=self.info.config.head.kind == "upernet")

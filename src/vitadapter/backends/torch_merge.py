@@ -14,6 +14,9 @@ only its score is interpolated; the other pixels (class boundaries) get every cl
 confidences are exact on the boundary pixels and, elsewhere, use the interpolated sum of the
 canvas's class scores in place of the sum of the interpolated scores (equal up to float32
 rounding).
+
+The dinov3 pipeline's canvas (:class:`~vitadapter.pipeline.windows.SummedScores`) is summed on
+the device as the crop scores arrive, with the numpy path's arithmetic, and merged here alike.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config.schema import Pipeline
 from ..pipeline.merge import BAND_BYTES, TIE_MARGIN, LabelMap, one_view_band_rows, spans
 from ..pipeline.preprocess import View
-from ..pipeline.windows import Window, sliding_windows
+from ..pipeline.windows import SummedScores, Window, batches, open_slide
 from .torch_resample import Taps, device_taps, lerp, resize_rows, resize_width
 
 # A band's temporaries on a GPU (the CPU keeps the numpy path's budget).
@@ -52,6 +56,10 @@ class DeviceSlide:
     @property
     def device(self) -> torch.device:
         return self.scores[0].device
+
+    def add(self, scores: torch.Tensor) -> None:
+        """The next window's scores."""
+        self.scores.append(scores)
 
     def canvas_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of the averaged canvas, cropped to the unpadded width."""
@@ -83,20 +91,20 @@ def window_crops(image: torch.Tensor, windows: Sequence[Window]) -> torch.Tensor
 
 def run_windows_on_device(view: View, forward: Callable[[torch.Tensor], torch.Tensor],
                           device: torch.device, crop: tuple[int, int],
-                          stride: tuple[int, int], batch_size: int = 1) -> DeviceSlide:
+                          stride: tuple[int, int], batch_size: int = 1,
+                          pipeline: Pipeline = "mmseg") -> DeviceSlide | SummedScores:
     """:func:`~vitadapter.pipeline.windows.run_windows` with the image and the scores on
     ``device``; ``forward`` maps a crop batch to its class scores there."""
     image = torch.from_numpy(view.image).to(device)
-    windows = sliding_windows(image.shape[1], image.shape[2], crop, stride)
-    step = max(1, batch_size)
-    scores: list[torch.Tensor] = []
-    for i in range(0, len(windows), step):
-        scores.extend(forward(window_crops(image, windows[i:i + step])).unbind(0))
-    return DeviceSlide(view, windows, scores, crop)
+    slide = open_slide(view, crop, stride, pipeline, DeviceSlide)
+    for chunk in batches(slide.windows, max(1, batch_size)):
+        for scores in forward(window_crops(image, chunk)).unbind(0):
+            slide.add(scores)
+    return slide
 
 
-def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None, *,
-                    logits: bool = False) -> LabelMap:
+def merge_on_device(slides: Sequence[DeviceSlide | SummedScores],
+                    band_rows: int | None = None, *, logits: bool = False) -> LabelMap:
     """:func:`~vitadapter.pipeline.merge.merge_views` on the slides' device (``logits``: the
     scores are class logits, as UperNet's, and the posterior is their softmax)."""
     height, width = slides[0].view.original_shape
@@ -130,7 +138,7 @@ def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None,
                     pixel_count.cpu().numpy())
 
 
-def _band_logits(slide: DeviceSlide, taps: Taps, width: int) -> torch.Tensor:
+def _band_logits(slide: DeviceSlide | SummedScores, taps: Taps, width: int) -> torch.Tensor:
     first, last = taps.span
     logits = resize_rows(resize_width(slide.canvas_rows(first, last), width), taps,
                          offset=first)
@@ -149,7 +157,7 @@ def _views_band(bands: list[torch.Tensor],
     return labels, posterior.gather(0, labels[None])[0] / len(bands)
 
 
-def _one_view_band(slide: DeviceSlide, taps: Taps, width: int,
+def _one_view_band(slide: DeviceSlide | SummedScores, taps: Taps, width: int,
                    budget: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Labels and winning posteriors of a band of the single view (see the module doc), or
     None where too many canvas cells have several contenders for the shortcut to pay."""

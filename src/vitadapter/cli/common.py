@@ -42,7 +42,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="adapter behaviour (default official; 'modelscope' reproduces "
                             "ModelScope's outputs)")
     group.add_argument("--tta", action="store_true",
-                       help="official multi-scale + flip test-time augmentation")
+                       help="multi-scale + flip test-time augmentation of the model's "
+                            "pipeline: the official mmseg one, or Meta's (ratios 0.9..1.1 of "
+                            "the short side + flip) for inference.pipeline 'dinov3'")
     group.add_argument("--batch-windows", type=int, default=1, metavar="N",
                        help="slide windows per forward pass (default 1)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",

@@ -1,4 +1,6 @@
-"""Reading a DINOv3 segmentor described by Meta's constructor arguments.
+"""Meta's DINOv3 segmentor as configurations: its hub backbones, the test pipeline of its
+ADE20K Mask2Former evaluation (``config-ade20k-m2f-inference.yaml``), and a segmentor described
+by Meta's constructor arguments.
 
 The layout is that of a ``config.json`` recording how Meta's code built the segmentor (the
 reference sets of this project use it): ``backbone.args`` (the keyword arguments of
@@ -96,7 +98,7 @@ def config_from_meta(data: Mapping[str, Any]) -> ModelConfig:
     dataset = str(f.take("dataset", ""))
     backbone = _backbone(f.sub("backbone"), f.sub("adapter"))
     head = _head(f.sub("head"), num_classes, backbone.embed_dim)
-    inference = _inference(f.sub("pipeline"))
+    inference = inference_from_meta(f.require("pipeline"))
     f.done()
     return ModelConfig(name="dinov3-adapter-m2f", backbone=backbone, head=head,
                        inference=inference,
@@ -200,17 +202,42 @@ def _head(f: FieldReader, num_classes: int, embed_dim: int) -> HeadConfig:
     return head
 
 
-def _inference(f: FieldReader) -> InferenceConfig:
-    f.ignore("stride_rule", "resize", "single_scale", "tta", "combination")
-    crop = [int(v) for v in f.require("crop_size")]
-    stride = [int(v) for v in f.require("stride")]
-    img_size = int(f.take("img_size", crop[0]))
-    inference = InferenceConfig(
-        img_scale=(img_size, img_size), crop_size=(crop[0], crop[1]),
-        stride=(stride[0], stride[1]),
-        mean=tuple(float(v) for v in f.take("mean", (123.675, 116.28, 103.53))),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in f.take("std", (58.395, 57.12, 57.375))),  # type: ignore[arg-type]
-        tta_ratios=tuple(float(r) for r in f.take("tta_ratios", (0.9, 0.95, 1.0, 1.05, 1.1))),
-        tta_flip=True)
+# Meta's eval transforms: short side img_size (896), slide crop 896 / stride 596, TTA ratios.
+META_SHORT_SIDE = 896
+META_CROP = 896
+META_STRIDE = 596
+META_TTA_RATIOS: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+# Fields of a reference set's pipeline section that describe what the others imply (the resize
+# rule, the windows it gives, the combination) rather than set anything.
+_DESCRIPTIVE = ("stride_rule", "resize", "single_scale", "tta", "combination")
+
+
+def dinov3_inference(short_side: int = META_SHORT_SIDE, crop: int = META_CROP,
+                     stride: int = META_STRIDE, **changes: Any) -> InferenceConfig:
+    """Meta's test pipeline (``pipeline="dinov3"``) with its ADE20K settings by default."""
+    settings: dict[str, Any] = {"tta_ratios": META_TTA_RATIOS, **changes}
+    return InferenceConfig(pipeline="dinov3", short_side=short_side, crop_size=(crop, crop),
+                           stride=(stride, stride), **settings)
+
+
+def inference_from_meta(section: Mapping[str, Any], where: str = "pipeline") -> InferenceConfig:
+    """The ``pipeline`` section of a DINOv3 reference set's config.json (``img_size``,
+    ``crop_size``, ``stride``, ``tta_ratios``, ``mean``, ``std``) as an InferenceConfig;
+    :class:`~vitadapter.errors.ConfigError` names a missing or unknown field."""
+    f = FieldReader(section, where)
+    f.ignore(*_DESCRIPTIVE)
+    config = InferenceConfig(
+        pipeline="dinov3", short_side=f.require("img_size"), crop_size=_numbers(f, "crop_size"),
+        stride=_numbers(f, "stride"), tta_ratios=_numbers(f, "tta_ratios"),
+        mean=_numbers(f, "mean"), std=_numbers(f, "std"))
     f.done()
-    return inference
+    return config
+
+
+def _numbers(f: FieldReader, key: str) -> Any:
+    """A list of numbers as a tuple (the ModelConfig checks the values)."""
+    value = f.require(key)
+    if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"'{f.path(key)}' must be a list of numbers, got {value!r}")
+    return tuple(value)

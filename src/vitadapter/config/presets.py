@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .dinov3 import ACCESS_PAGE, HUB_URL, hub_backbone, hub_url
+from .dinov3 import ACCESS_PAGE, HUB_URL, dinov3_inference, hub_backbone, hub_url
 from .schema import (
     AuxiliaryHeadConfig,
     BackboneConfig,
@@ -84,12 +84,6 @@ def _dinov3_m2f(embed_dim: int, hidden: int, heads: int, pixel_ffn: int, decoder
                                          pos_num_feats=hidden // 2, float32=True),
         decoder=TransformerDecoderConfig(num_heads=heads, ffn_channels=decoder_ffn,
                                          pos_num_feats=hidden // 2))
-
-
-def _dinov3_test(crop: int, stride: int) -> InferenceConfig:
-    """Meta's DINOv3 test settings: short side = crop, slide stride, TTA ratios 0.9..1.1."""
-    return InferenceConfig(img_scale=(crop, crop), crop_size=(crop, crop),
-                           stride=(stride, stride), tta_ratios=(0.9, 0.95, 1.0, 1.05, 1.1))
 
 
 # This project's fine-tuning presets (Meta released a head for ViT-7B only): backbone, size,
@@ -272,7 +266,7 @@ PRESETS: dict[str, ModelConfig] = {
             dataset="ade20k",
             backbone=hub_backbone("vit7b16"),
             head=_dinov3_m2f(4096, 2048, 16, 4096, 4096),
-            inference=_dinov3_test(896, 596),
+            inference=dinov3_inference(),
             weights_url=f"{HUB_URL}/dinov3_vit7b16/dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth",
             backbone_weights_url=hub_url("vit7b16"),
             weights_access=ACCESS_PAGE,
@@ -288,7 +282,7 @@ PRESETS: dict[str, ModelConfig] = {
                 backbone=hub_backbone(backbone),
                 head=_dinov3_m2f(hub_backbone(backbone).embed_dim, hidden, heads, pixel_ffn,
                                  decoder_ffn),
-                inference=_dinov3_test(512, 341),
+                inference=dinov3_inference(short_side=512, crop=512, stride=341),
                 backbone_weights_url=hub_url(backbone),
                 weights_access=ACCESS_PAGE,
                 description=f"DINOv3 ViT-{size}/16 + adapter + Mask2Former (hidden {hidden}) to "

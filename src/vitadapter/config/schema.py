@@ -33,6 +33,14 @@ FfnLayer = Literal["mlp", "swiglu"]
 FFN_LAYERS: tuple[str, ...] = get_args(FfnLayer)
 HeadKind = Literal["mask2former", "upernet"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
+# The test pipeline around the crop runner: "mmseg" (the official ViT-Adapter / mmseg one) or
+# "dinov3" (Meta's DINOv3 segmentation evaluation; see InferenceConfig).
+Pipeline = Literal["mmseg", "dinov3"]
+PIPELINES: tuple[str, ...] = get_args(Pipeline)
+# dtype of the dinov3 pipeline's per-crop class x mask einsum: "fp32" (exact) or "bf16" (the
+# cast Meta's slide_inference makes on every device).
+EinsumDtype = Literal["fp32", "bf16"]
+EINSUM_DTYPES: tuple[str, ...] = get_args(EinsumDtype)
 
 
 @dataclass(frozen=True)
@@ -186,19 +194,35 @@ class UperNetConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Test-time pipeline: keep-ratio resize, resize to a multiple, normalise, slide windows."""
+    """Test-time pipeline: resize, normalise, slide windows, merge.
 
-    # (long side cap, short side target), as mmcv's img_scale=(3584, 896).
+    ``pipeline="mmseg"`` (default): the official one: keep-ratio resize within ``img_scale``,
+    resize to a multiple of ``size_divisor``, pad to the crop, windows of 1/4-resolution scores.
+    ``pipeline="dinov3"``: Meta's DINOv3 evaluation: short side to ``short_side`` (PIL
+    bilinear), no padding, TTA short sides ``int(short_side * r)`` rounded up to a multiple of
+    ``size_divisor`` for r < 1, windows pushed inside the image (a crop larger than the image in
+    both dimensions shrinks to a square of the shorter side), crop scores at the crop's size.
+    """
+
+    pipeline: Pipeline = "mmseg"
+    # mmseg: (long side cap, short side target), as mmcv's img_scale=(3584, 896).
     img_scale: tuple[int, int] = (3584, 896)
+    # mmseg: ResizeToMultiple's divisor. dinov3: the multiple TTA short sides below ratio 1 are
+    # rounded up to (Meta: 32, not scaled with the crop).
     size_divisor: int = 32
+    # dinov3 only (required there): the single-scale short side (Meta's transforms.eval.img_size).
+    short_side: int | None = None
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     to_rgb: bool = True
     crop_size: tuple[int, int] = (896, 896)
     stride: tuple[int, int] = (512, 512)
-    # Multi-scale + flip test-time augmentation of the official *_ms configs (off by default).
+    # Multi-scale + flip test-time augmentation (off by default): mmseg's *_ms scales, or
+    # Meta's ratios of the short side.
     tta_ratios: tuple[float, ...] = (640 / 896, 768 / 896, 1.0)
     tta_flip: bool = True
+    # dinov3 only: dtype of the per-crop class x mask einsum; "bf16" is Meta's own cast.
+    einsum_dtype: EinsumDtype = "fp32"
 
 
 @dataclass(frozen=True)
@@ -256,6 +280,7 @@ class ModelConfig:
 
 def validate(cfg: ModelConfig) -> None:
     """Check the cross-field constraints the architecture relies on."""
+    _validate_pipeline(cfg.inference, cfg.head)
     _validate_backbone(cfg.backbone, cfg.inference)
     h = cfg.head
     if len(h.in_channels) != 4 or any(c != cfg.backbone.embed_dim for c in h.in_channels):
@@ -342,6 +367,38 @@ def _validate_dinov3_fields(b: BackboneConfig) -> None:
 # BackboneConfig fields that only a DINOv3 backbone reads.
 _DINOV3_ONLY = ("n_storage_tokens", "ffn_layer", "ffn_align", "rope_base",
                 "rope_rescale_coords", "mask_k_bias", "untie_global_and_local_cls_norm")
+
+
+def _validate_pipeline(inf: InferenceConfig, head: HeadConfig | UperNetConfig) -> None:
+    lengths = {"crop_size": 2, "stride": 2, "img_scale": 2, "mean": 3, "std": 3}
+    for name, length in lengths.items():
+        if len(getattr(inf, name)) != length:
+            raise ConfigError(f"inference.{name} must hold {length} numbers, got "
+                              f"{list(getattr(inf, name))}")
+    if inf.pipeline not in PIPELINES:
+        raise ConfigError(f"inference.pipeline must be one of {', '.join(PIPELINES)}, got "
+                          f"{inf.pipeline!r}")
+    if inf.einsum_dtype not in EINSUM_DTYPES:
+        raise ConfigError(f"inference.einsum_dtype must be one of {', '.join(EINSUM_DTYPES)}, "
+                          f"got {inf.einsum_dtype!r}")
+    if not inf.tta_ratios or any(isinstance(r, bool) or not isinstance(r, int | float)
+                                 or not r > 0 for r in inf.tta_ratios):
+        raise ConfigError(f"inference.tta_ratios must be positive, got {list(inf.tta_ratios)}")
+    if inf.pipeline == "mmseg":
+        if inf.short_side is not None or inf.einsum_dtype != "fp32":
+            raise ConfigError("inference.short_side and inference.einsum_dtype belong to the "
+                              "dinov3 pipeline: set inference.pipeline to 'dinov3' or drop them")
+        return
+    if isinstance(head, UperNetConfig):
+        raise ConfigError("the dinov3 pipeline combines Mask2Former class and mask scores per "
+                          "crop: a UperNet head needs inference.pipeline 'mmseg'")
+    if isinstance(inf.short_side, bool) or not isinstance(inf.short_side, int) \
+            or inf.short_side < 1:
+        raise ConfigError("the dinov3 pipeline needs inference.short_side, the short side of "
+                          f"the single-scale view (Meta's img_size), got {inf.short_side!r}")
+    if not inf.to_rgb:
+        raise ConfigError("the dinov3 pipeline normalises RGB images (Meta's transforms): "
+                          "inference.to_rgb must be true")
 
 
 def _validate_upernet(h: UperNetConfig, b: BackboneConfig) -> None:

@@ -15,7 +15,7 @@ from ..config.schema import ModelConfig, UperNetConfig
 from ..errors import CheckpointError
 from .adapter import ViTAdapter
 from .backbones.beit import INDEX_KEY, relative_position_index
-from .heads.mask2former import HeadOutput, Mask2FormerHead, semantic_scores
+from .heads.mask2former import HeadOutput, Mask2FormerHead, crop_scores, semantic_scores
 from .heads.upernet import FCNHead, UperNetHead, UperNetOutput
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class SegmentorOutput:
 
     features: list[torch.Tensor]  # backbone maps at 1/4, 1/8, 1/16, 1/32
     head: HeadOutput | UperNetOutput
-    scores: torch.Tensor          # (B, num_classes, H/4, W/4)
+    scores: torch.Tensor          # (B, num_classes, H/4, W/4), or (H, W): Meta's pipeline
 
 
 class SegmentationModel(nn.Module):
@@ -78,8 +78,10 @@ class SegmentationModel(nn.Module):
     (``EncoderDecoder`` with ``UPerHead`` and the auxiliary ``FCNHead``).
 
     ``forward`` maps a normalised crop (B, 3, S, S), S = the test crop size, to per-class
-    scores (B, num_classes, S/4, S/4): Mask2Former's class x mask scores, UperNet's logits;
-    ``inspect`` also returns the backbone features and the head's intermediate results. The
+    scores (B, num_classes, S/4, S/4): Mask2Former's class x mask scores, UperNet's logits.
+    With Meta's DINOv3 pipeline (``inference.pipeline == "dinov3"``) crops of any sides that
+    are multiples of 32 give scores at the crop's own size (:func:`crop_scores`). ``inspect``
+    also returns the backbone features and the head's intermediate results. The
     auxiliary head (``auxiliary_head``, when configured) is for training only.
     """
 
@@ -113,7 +115,7 @@ class SegmentationModel(nn.Module):
         if isinstance(self.decode_head, UperNetHead):
             return self.decode_head(self.backbone(crop)).logits
         head = self.decode_head(self.backbone(crop), all_predictions=False)
-        return semantic_scores(head.cls_logits[-1], head.mask_logits[-1])
+        return self.crop_scores(head, crop)
 
     def inspect(self, crop: torch.Tensor) -> SegmentorOutput:
         self._check_input(crop)
@@ -122,8 +124,18 @@ class SegmentationModel(nn.Module):
             upernet = self.decode_head(features)
             return SegmentorOutput(features, upernet, upernet.logits)
         head = self.decode_head(features)
-        return SegmentorOutput(features, head,
-                               semantic_scores(head.cls_logits[-1], head.mask_logits[-1]))
+        return SegmentorOutput(features, head, self.crop_scores(head, crop))
+
+    def crop_scores(self, head: HeadOutput, crop: torch.Tensor) -> torch.Tensor:
+        """Mask2Former's class x mask scores of the last prediction: at 1/4 of the crop (the
+        official pipeline), or at the crop's own size with the masks upsampled first (Meta's
+        DINOv3 pipeline, in its einsum dtype)."""
+        inference = self.config.inference
+        if inference.pipeline == "dinov3":
+            dtype = torch.bfloat16 if inference.einsum_dtype == "bf16" else torch.float32
+            return crop_scores(head.cls_logits[-1], head.mask_logits[-1],
+                               tuple(crop.shape[-2:]), dtype)
+        return semantic_scores(head.cls_logits[-1], head.mask_logits[-1])
 
     def _check_input(self, crop: torch.Tensor) -> None:
         size = self.crop_size

@@ -7,6 +7,12 @@ bilinearly resized to the photo's size, softmax over classes (flipped back for f
 averaged over views, argmax. All of it runs in bands of output rows, so a 12-megapixel photo
 never needs its ``classes x H x W`` score volume in memory. Numpy only.
 
+Meta's DINOv3 evaluation (``make_inference`` + ``evaluate_segmentation_model``) is the same
+computation on another canvas: crop scores already at the crop's size summed and divided by the
+window count at the resized size (:class:`~.windows.SummedScores`: held per view, its size set
+by the short side, not by the photo), then the same resize to the photo's size, flip back,
+softmax, mean over the views in their order and argmax; so both pipelines merge here.
+
 The softmax takes ``exp`` in float64 rounded to float32 (:func:`softmax`): float32 ``exp``
 differs between libraries in the last bit, the rounded float64 one does not, so the PyTorch
 merge (:mod:`vitadapter.backends.torch_merge`) reproduces these labels bit for bit. With one
@@ -34,7 +40,7 @@ import numpy as np
 from .cell_grid import CellGrid
 from .preprocess import View
 from .resample import LinearTaps, linear_taps, resize_rows, resize_width
-from .windows import SlideScores
+from .windows import SlideScores, SummedScores
 
 # Bytes of float64 temporaries a merge band may use.
 BAND_BYTES = 64 * 2**20
@@ -55,8 +61,8 @@ class LabelMap:
     pixel_count: np.ndarray   # (C,) pixels per class
 
 
-def merge_views(views: Sequence[SlideScores], band_rows: int | None = None, *,
-                logits: bool = False) -> LabelMap:
+def merge_views(views: Sequence[SlideScores | SummedScores], band_rows: int | None = None,
+                *, logits: bool = False) -> LabelMap:
     """Resize every view's canvas to the original size, softmax, flip back, average over
     views and take the argmax, one band of output rows at a time.
 
@@ -136,7 +142,7 @@ class _CanvasBand:
     flipped: bool
 
     @classmethod
-    def of(cls, slide: SlideScores, taps: LinearTaps) -> _CanvasBand:
+    def of(cls, slide: SlideScores | SummedScores, taps: LinearTaps) -> _CanvasBand:
         first, last = taps.span
         return cls(slide.canvas_rows(first, last), first, taps, slide.view.flipped)
 

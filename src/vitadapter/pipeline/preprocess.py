@@ -1,10 +1,17 @@
-"""The official test-time preprocessing of a photo into normalised views.
+"""The test-time preprocessing of a photo into normalised views, for either pipeline.
 
-numpy + OpenCV only (no torch import), so the ONNX backend shares it. It reproduces mmseg's
-single-scale test pipeline step by step: keep-ratio ``Resize`` (mmcv ``imrescale``, OpenCV
-bilinear on uint8), ``ResizeToMultiple`` (a second bilinear resize up to a multiple of
-``size_divisor``), optional horizontal flip, ``PadShortSide`` (bottom/right zeros up to the crop),
-``Normalize`` on 0..255 RGB values; with TTA, the official scales and flips.
+numpy + OpenCV + Pillow only (no torch import), so the ONNX backend shares it.
+
+``pipeline="mmseg"`` reproduces mmseg's test pipeline step by step: keep-ratio ``Resize`` (mmcv
+``imrescale``, OpenCV bilinear on uint8), ``ResizeToMultiple`` (a second bilinear resize up to a
+multiple of ``size_divisor``), optional horizontal flip, ``PadShortSide`` (bottom/right zeros up
+to the crop), ``Normalize`` on 0..255 RGB values; with TTA, the official scales and flips.
+
+``pipeline="dinov3"`` reproduces Meta's DINOv3 evaluation transforms: ``FixedSideResize`` (the
+short side to ``short_side``, the long side in proportion rounded half up, by Pillow's bilinear
+``Image.resize`` on the uint8 image, as torchvision's ``Resize`` does on a PIL image), no padding,
+torchvision's ``Normalize`` (``(x - mean) / std`` in float32); with TTA, every ratio's view and
+then all of them mirrored.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from ..config.schema import InferenceConfig
 from ..errors import ImageError
@@ -23,7 +31,7 @@ from ..errors import ImageError
 class View:
     """One preprocessed version of a photo (one test-time augmentation)."""
 
-    image: np.ndarray              # (3, H, W) float32, normalised, padded to >= crop
+    image: np.ndarray              # (3, H, W) float32, normalised (mmseg: padded to >= crop)
     valid_shape: tuple[int, int]   # (h, w) before padding (mmseg's img_shape)
     original_shape: tuple[int, int]
     flipped: bool = False
@@ -77,9 +85,58 @@ def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     return out
 
 
+def fixed_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Meta's ``FixedSideResize``: the short side (the height of a square) becomes
+    ``short_side``, the long side ``int(short_side * long / short + 0.5)``. (height, width)."""
+    if height > width:
+        return int(short_side * height / width + 0.5), short_side
+    return short_side, int(short_side * width / height + 0.5)
+
+
+def tta_short_sides(cfg: InferenceConfig) -> list[int]:
+    """Meta's TTA short sides: ``int(short_side * r)`` per ratio, rounded up to a multiple of
+    ``size_divisor`` (Meta: 32, not scaled with the crop) for ratios below 1."""
+    assert cfg.short_side is not None  # the config's validation requires it here
+    sides = []
+    for ratio in cfg.tta_ratios:
+        side = int(cfg.short_side * ratio)
+        if ratio < 1:
+            side = math.ceil(side / cfg.size_divisor) * cfg.size_divisor
+        sides.append(side)
+    return sides
+
+
+def fixed_side_view(rgb: np.ndarray, cfg: InferenceConfig, short_side: int,
+                    flip: bool = False) -> View:
+    """Meta's test transforms for one short side: PIL bilinear resize of the uint8 image,
+    optional mirror, ``(x - mean) / std`` in float32; no padding."""
+    height, width = rgb.shape[:2]
+    new_h, new_w = fixed_side_size(height, width, short_side)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and new_h * new_w > limit:  # Meta's resize has no long-side cap
+        raise ImageError(f"an image of {width}x{height} pixels becomes {new_w}x{new_h} with "
+                         f"its short side at {short_side}: too elongated (over Pillow's "
+                         f"{limit} pixels); crop it first")
+    img = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    if flip:
+        img = img[:, ::-1]
+    planes = img.transpose(2, 0, 1).astype(np.float32)
+    mean = np.asarray(cfg.mean, np.float32)[:, None, None]
+    std = np.asarray(cfg.std, np.float32)[:, None, None]
+    return View((planes - mean) / std, (new_h, new_w), (height, width), flip)
+
+
 def augmented_views(rgb: np.ndarray, cfg: InferenceConfig, tta: bool = False) -> list[View]:
-    """The single-scale view, or the official multi-scale + flip set (scales outer, flips
-    inner, as mmseg's ``MultiScaleFlipAug``)."""
+    """The single-scale view, or the pipeline's multi-scale + flip set: mmseg's
+    ``MultiScaleFlipAug`` (scales outer, flips inner), or Meta's (every ratio, then every
+    ratio mirrored)."""
+    if cfg.pipeline == "dinov3":
+        assert cfg.short_side is not None  # the config's validation requires it here
+        if not tta:
+            return [fixed_side_view(rgb, cfg, cfg.short_side)]
+        sides = tta_short_sides(cfg)
+        flips = (False, True) if cfg.tta_flip else (False,)
+        return [fixed_side_view(rgb, cfg, s, flip=f) for f in flips for s in sides]
     if not tta:
         return [preprocess(rgb, cfg)]
     flips = (False, True) if cfg.tta_flip else (False,)

@@ -3,6 +3,7 @@ class x mask semantic inference."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,19 @@ def semantic_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor) -> torc
     dropped after the softmax. Returns (B, num_classes, H, W)."""
     cls = F.softmax(cls_logits, dim=-1)[..., :-1]
     return torch.einsum("bqc,bqhw->bchw", cls, mask_logits.sigmoid())
+
+
+def crop_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor, size: Sequence[int],
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Meta's per-crop combination (DINOv3 ``slide_inference``): the class softmax without the
+    no-object column, and the sigmoid of the mask logits bilinearly resized
+    (``align_corners=False``) to the crop's ``size`` (h, w), summed over the queries. Both
+    operands are cast to ``dtype`` before the sum: float32 is exact, ``torch.bfloat16`` is
+    Meta's own cast (on every device). Returns (B, num_classes, h, w) float32."""
+    cls = F.softmax(cls_logits, dim=-1)[..., :-1]
+    masks = F.interpolate(mask_logits, size=tuple(size), mode="bilinear",
+                          align_corners=False).sigmoid()
+    return torch.einsum("bqc,bqhw->bchw", cls.to(dtype), masks.to(dtype)).float()
 
 
 class Mask2FormerHead(nn.Module):

@@ -98,8 +98,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_feature = nn.Conv2d(feat, cfg.out_channels, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if self.float32:
-            with torch.autocast(feats[0].device.type, enabled=False):
+        device = feats[0].device.type
+        if self.float32 and device != "meta":  # (no autocast on the meta device)
+            with torch.autocast(device, enabled=False):
                 return self._forward([f.float() for f in feats])
         return self._forward(feats)
 
