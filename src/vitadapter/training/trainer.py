@@ -36,6 +36,7 @@ from ..data.custom import CustomLayout
 from ..data.datasets import EvalDataset
 from ..data.train import TrainDataset, batch_keys, open_split, train_loader
 from ..data.transforms import TrainPipelineConfig
+from ..distributed import gather_objects, join_processes, mean_over_processes
 from ..errors import ConfigError, DatasetError, TrainingError
 from ..modeling.adapter import AdapterAttention
 from ..modeling.backbones.beit import Block
@@ -45,7 +46,7 @@ from ..pipeline.classes import DATASETS, generated_palette
 from ..weights.checkpoint import load_checkpoint
 from ..weights.safetensors import save_safetensors
 from .criterion import Criterion, criterion_for
-from .distributed import gather_objects, join_processes, mean_over_processes, sync_batchnorms
+from .distributed import sync_batchnorms
 from .init import initialize
 from .param_groups import layer_decay_param_groups
 from .point_sampling import SamplePoints
