@@ -16,8 +16,12 @@ _FFN_ROWS = 2048
 def maybe_checkpoint(enabled: bool, function: Callable[..., Any], *args: Any) -> Any:
     """``function(*args)``; with ``enabled`` and gradients on, its activations are recomputed
     in backward instead of kept (``torch.utils.checkpoint``, non-reentrant; the RNG state is
-    replayed, so drop path draws the same)."""
+    replayed, so drop path draws the same). Its tensor arguments are saved for backward, so
+    the cached constants an inference-mode forward created (reference points: an evaluation
+    during training) are passed as ordinary copies."""
     if enabled and torch.is_grad_enabled():
+        args = tuple(a.clone() if isinstance(a, torch.Tensor) and a.is_inference() else a
+                     for a in args)
         return checkpoint(function, *args, use_reentrant=False)
     return function(*args)
 

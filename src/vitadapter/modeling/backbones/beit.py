@@ -189,7 +189,7 @@ class DropPath(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``);
-    ``with_cp``: gradient checkpointing in training (set by the trainer)."""
+    ``with_cp``: gradient checkpointing in training (``set_grad_checkpointing``)."""
 
     with_cp = False
 
