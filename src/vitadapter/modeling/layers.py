@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,14 +17,28 @@ _FFN_ROWS = 2048
 def maybe_checkpoint(enabled: bool, function: Callable[..., Any], *args: Any) -> Any:
     """``function(*args)``; with ``enabled`` and gradients on, its activations are recomputed
     in backward instead of kept (``torch.utils.checkpoint``, non-reentrant; the RNG state is
-    replayed, so drop path draws the same). Its tensor arguments are saved for backward, so
-    the cached constants an inference-mode forward created (reference points: an evaluation
-    during training) are passed as ordinary copies."""
+    replayed, so drop path draws the same)."""
     if enabled and torch.is_grad_enabled():
-        args = tuple(a.clone() if isinstance(a, torch.Tensor) and a.is_inference() else a
-                     for a in args)
         return checkpoint(function, *args, use_reentrant=False)
     return function(*args)
+
+
+Constant = Callable[..., torch.Tensor]
+
+
+def cached_constant(maxsize: int) -> Callable[[Constant], Constant]:
+    """``functools.lru_cache`` for tensors derived from sizes (position indices, reference
+    points, encodings), always computed outside inference mode: one cached by an inference
+    (segment, an evaluation during training) would fail every later training step that saves
+    it for backward."""
+    def decorate(function: Constant) -> Constant:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(function)
+        def cached(*args: Any, **kwargs: Any) -> torch.Tensor:
+            with torch.inference_mode(False):
+                return function(*args, **kwargs)
+        return cached
+    return decorate
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:
