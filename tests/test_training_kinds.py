@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -122,3 +123,12 @@ def test_a_checkpointed_step_after_an_inference_mode_evaluation():
     model.train()
     sum(f.sum() for f in model.backbone(crop)).backward()
     assert model.backbone.interactions[0].injector.gamma.grad is not None
+
+
+def test_resuming_says_only_that_it_resumed(runs, caplog):
+    """No loading notices (an UperNet checkpoint's auxiliary head) on resume."""
+    run = runs["beit", "upernet", False]
+    with caplog.at_level(logging.INFO), \
+            Trainer(dataclasses.replace(run.settings, resume=True)) as resumed:
+        assert resumed.iteration == 1
+    assert caplog.messages == [f"resumed {run.work_dir} at iteration 1 (iter_0000001)"]

@@ -48,11 +48,15 @@ def settings(data_root: Path, work_dir: Path, **changes) -> TrainSettings:
     return replace(base, **changes)
 
 
-def test_short_run_learns_the_shapes(data_root, tmp_path, capsys):
+def test_short_run_learns_the_shapes(data_root, tmp_path, capsys, monkeypatch):
+    plotted = []  # curves.png follows every evaluation and save
+    monkeypatch.setattr("vitadapter.training.curves.plot_curves",
+                        lambda records, out: plotted.append([r["iter"] for r in records]))
     with Trainer(settings(data_root, tmp_path, eval_interval=8, drop_path=0.0,
                           progress=True)) as trainer:
         before = trainer.evaluate()
         trainer.run()
+    assert plotted == [[0], [0, *range(1, 9), 8], [0, *range(1, 9), 8]]
     records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     after = [r["mIoU"] for r in records if r.get("mode") == "val"][-1]

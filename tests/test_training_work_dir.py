@@ -313,3 +313,18 @@ def test_an_edited_log_is_read_around_its_bad_lines(straight, data_root, tmp_pat
     assert "left out 3 line(s) that are not JSON objects with an integer 'iter'" in caplog.text
     assert (work / LOG_FILE).read_bytes() == good  # iteration 3 was after the checkpoint
     assert wd.read_log(work / LOG_FILE)[-1]["iter"] == 2
+
+
+def test_curves_are_drawn_from_the_readable_records_without_notices(tmp_path, caplog,
+                                                                   monkeypatch):
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))  # a first use: a font cache
+    pytest.importorskip("matplotlib")
+    from vitadapter.training.curves import plot_curves
+
+    log = tmp_path / LOG_FILE
+    log.write_bytes(b'{"iter": 1, "loss": 3.0}\n\xff\n{"iter": 2, "loss": 2.0}\n'
+                    b'{"iter": 2, "mode": "val", "mIoU": 40.5}\n{"iter": "3", "loss": 1}\n')
+    with caplog.at_level(logging.INFO):
+        out = plot_curves(wd.read_log(log), tmp_path / "curves.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r.name for r in caplog.records] == ["vitadapter.training.work_dir"]  # 2 bad lines

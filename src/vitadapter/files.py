@@ -37,6 +37,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # as mkdir would (mkdtemp makes it private)
         yield tmp
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
