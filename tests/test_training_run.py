@@ -72,18 +72,6 @@ def test_short_run_learns_the_shapes(data_root, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "best.safetensors").exists()
 
 
-def test_resume_with_other_settings_is_refused_and_keeps_the_work_dir(data_root, tmp_path):
-    with Trainer(settings(data_root, tmp_path, iters=1, batch_size=1)) as trainer:
-        trainer.run()
-    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(TrainingError, match=r"other settings \(.*crop: 64 in the work dir, 96"):
-        Trainer(settings(data_root, tmp_path, iters=1, batch_size=1, crop=96, resume=True))
-    with pytest.raises(TrainingError, match=r"already holds a training run \(saved up to "
-                                            r"iteration 1\); pass --resume"):
-        Trainer(settings(data_root, tmp_path, iters=1, batch_size=1))
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
-
-
 def test_bad_input_gets_one_clear_error(data_root, tmp_path):
     empty = tmp_path / "empty"
     (empty / "images" / "train").mkdir(parents=True)

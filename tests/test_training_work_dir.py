@@ -83,8 +83,8 @@ def test_a_checkpoint_is_a_folder_and_the_work_dir_serves_segment(straight):
     assert not list(work.glob(".*.tmp")) and not (work / ".train.lock.json").exists()
 
 
-def test_ctrl_c_finishes_the_iteration_saves_it_and_resumes_exactly(straight, data_root,  # noqa: F811
-                                                                    tmp_path, monkeypatch):
+def test_ctrl_c_finishes_the_iteration_then_saves_it(straight, data_root,  # noqa: F811
+                                                     tmp_path, monkeypatch):
     work = tmp_path / "work"
     first = Trainer(settings(data_root, work, **{**STRAIGHT, "save_interval": 100}))
     step = first.step
@@ -98,12 +98,13 @@ def test_ctrl_c_finishes_the_iteration_saves_it_and_resumes_exactly(straight, da
     with first, pytest.raises(KeyboardInterrupt):
         first.run()
     assert first.iteration == 1
-    assert [p.name for p in (work / CHECKPOINTS).iterdir()] == ["iter_0000001"]
-    with Trainer(settings(data_root, work, **STRAIGHT, resume=True)) as resumed:
-        assert resumed.iteration == 1
-        resumed.run()
-        assert_same_weights(weights(resumed), straight[1])
-    assert losses(work) == losses(straight[0])
+    # The checkpoint equals the straight run's of iteration 1: the same weights and RNG state.
+    ours, theirs = work / CHECKPOINTS / "iter_0000001", straight[0] / CHECKPOINTS / "iter_0000001"
+    assert [p.name for p in (work / CHECKPOINTS).iterdir()] == [ours.name]
+    assert (ours / WEIGHTS).read_bytes() == (theirs / WEIGHTS).read_bytes()
+    state, reference = (torch.load(c / STATE_FILE, weights_only=True) for c in (ours, theirs))
+    assert torch.equal(state["torch_rng"][0], reference["torch_rng"][0])
+    assert state["iteration"] == 1 and losses(work) == losses(straight[0])[:1]
 
 
 KILLED_IN_SAVE = """
@@ -196,6 +197,18 @@ def test_one_run_at_a_time_and_a_fresh_run_sets_an_unfinished_one_aside(data_roo
     assert (work / "unfinished-1" / "best.safetensors").read_bytes() == b"old"
     assert [r["iter"] for r in map(json.loads, (work / LOG_FILE).open())] == [1]
     assert [p.name for p in (work / CHECKPOINTS).iterdir()] == ["iter_0000001"]
+
+
+def test_resume_with_other_settings_is_refused_and_keeps_the_work_dir(straight, data_root,  # noqa: F811
+                                                                    tmp_path):
+    work = copy_of(straight, tmp_path)
+    files = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    with pytest.raises(TrainingError, match=r"other settings \(.*crop: 64 in the work dir, 96"):
+        Trainer(settings(data_root, work, **STRAIGHT, crop=96, resume=True))
+    with pytest.raises(TrainingError, match=r"already holds a training run \(saved up to "
+                                            r"iteration 2\); pass --resume"):
+        Trainer(settings(data_root, work, **STRAIGHT))
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == files
 
 
 def test_resume_refuses_other_data_listing_the_differences(straight, data_root,  # noqa: F811
