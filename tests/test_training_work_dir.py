@@ -143,12 +143,15 @@ def test_a_kill_between_the_files_of_a_save_resumes_from_the_last_complete_one(
     assert (work / POINTER).read_text() == "iter_0000001\n"
     with pytest.raises(TrainingError, match="already holds a training run"):
         Trainer(run)
+    (work / POINTER).write_text("iter_0000000\n")  # as if killed before the pointer moved
     with caplog.at_level(logging.WARNING), \
             Trainer(dataclasses.replace(run, resume=True)) as resumed:
         assert resumed.iteration == 1
         resumed.run()
         assert_same_weights(weights(resumed), straight[1])
     assert f"removing {work / CHECKPOINTS / partial[0]}: a save that did not finish" in caplog.text
+    assert ("last_checkpoint names iter_0000000, but iter_0000001 is complete and newer: "
+            "resuming from it") in caplog.text
     assert sorted(p.name for p in (work / CHECKPOINTS).iterdir()) == [
         "iter_0000001", "iter_0000002"]
     assert losses(work) == losses(straight[0])
@@ -312,6 +315,9 @@ def test_damaged_files_are_refused_with_the_reason(straight, data_root, tmp_path
     shutil.rmtree(newest)  # as the message says: resume from the one before
     with Trainer(resume) as trainer:
         assert trainer.iteration == 1
+    assert (work / POINTER).read_text() == "iter_0000001\n"  # was iter_0000002: updated
+    assert (work / LATEST).read_bytes() == (work / CHECKPOINTS / "iter_0000001" /
+                                            WEIGHTS).read_bytes()
 
 
 def test_an_edited_log_is_read_around_its_bad_lines(straight, data_root, tmp_path,  # noqa: F811

@@ -54,7 +54,7 @@ from .init import initialize
 from .param_groups import layer_decay_param_groups
 from .point_sampling import SamplePoints
 from .schedule import PolySchedule, PolyScheduleConfig, lr_at
-from .work_dir import LATEST, SavedCheckpoint, WorkDir
+from .work_dir import LATEST, POINTER, SavedCheckpoint, WorkDir
 
 __all__ = ["TRAIN_PRECISIONS", "TrainSettings", "Trainer", "train", "training_config"]
 
@@ -298,9 +298,14 @@ class Trainer:
             raise TrainingError(f"nothing to resume: {self.work_dir} holds no complete "
                                 "checkpoint" + (f" (only {partial[-1]}, a save that did not "
                                                 "finish)" if partial else ""))
+        latest = complete[-1]
         if self.shard.is_main:
             work.remove_partial_checkpoints()
-        latest = complete[-1]
+            if work.pointer() != latest.path.name:  # a save stopped before updating them
+                logger.warning("%s names %s, but %s is complete and newer: resuming from it "
+                               "(last_checkpoint and latest.safetensors updated)", POINTER,
+                               work.pointer(), latest.path.name)
+                work.point_to(latest)
         state = work.read_state(latest)
         _check_state(state, latest.state)
         differences = resume_differences(

@@ -197,11 +197,22 @@ class WorkDir:
                 with open(tmp / STATE_FILE, "wb") as file:  # torch's zip writer then raises
                     torch.save(state, file)                 # our OSError (disk full)
             self.write_json(CONFIG_FILE, config)
-            write_text_atomic(self.path / POINTER, saved.path.name + "\n")
-            self._link_latest(saved.weights)
+            self.point_to(saved)
         for old in self.checkpoints()[:-keep]:
             shutil.rmtree(old.path, ignore_errors=True)
         return saved
+
+    def pointer(self) -> str | None:
+        """The checkpoint ``last_checkpoint`` names (None without one)."""
+        try:
+            return (self.path / POINTER).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def point_to(self, saved: SavedCheckpoint) -> None:
+        """``last_checkpoint`` and latest.safetensors for ``saved``."""
+        write_text_atomic(self.path / POINTER, saved.path.name + "\n")
+        self._link_latest(saved.weights)
 
     def _link_latest(self, weights: Path) -> None:
         latest = self.path / LATEST
