@@ -31,7 +31,9 @@ from vitadapter.training.work_dir import (
     WEIGHTS,
     WorkDir,
 )
+from vitadapter.weights.safetensors import load_safetensors
 
+from .conftest import CHECKPOINT
 from .helpers import kill_when_torn
 from .test_training_run import data_root, settings  # noqa: F401  (data_root: a fixture)
 
@@ -347,3 +349,27 @@ def test_curves_are_drawn_from_the_readable_records_without_notices(tmp_path, ca
         out = plot_curves(wd.read_log(log), tmp_path / "curves.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r.name for r in caplog.records] == ["vitadapter.training.work_dir"]  # 2 bad lines
+
+
+def test_checkpoints_of_the_trained_tensors_only_resume_with_init(data_root, tmp_path,  # noqa: F811
+                                                                 monkeypatch):
+    """What checkpoint_tensors leaves out (a frozen backbone) comes from --init on resume."""
+    whole = Trainer.checkpoint_tensors
+    monkeypatch.setattr(Trainer, "checkpoint_tensors", lambda self: {
+        k: v for k, v in whole(self).items() if not k.startswith("backbone.blocks.")})
+    run = settings(data_root, tmp_path, iters=2, batch_size=1)
+    with Trainer(dataclasses.replace(run, iters=1)) as first:
+        first.run()
+        trained = weights(first)
+    tensors, _ = load_safetensors(tmp_path / CHECKPOINTS / "iter_0000001" / WEIGHTS)
+    assert tensors and not [k for k in tensors if k.startswith("backbone.blocks.")]
+    with pytest.raises(TrainingError, match="hold the trained tensors only: pass the --init"):
+        Trainer(dataclasses.replace(run, init=None, resume=True))
+    with Trainer(dataclasses.replace(run, resume=True)) as resumed:
+        ours = weights(resumed)
+    initial = torch.load(CHECKPOINT, weights_only=True)["state_dict"]
+    for key, value in ours.items():
+        if "relative_position" in key:  # tables resized to the crop, indices derived
+            continue
+        expected = initial[key] if key.startswith("backbone.blocks.") else trained[key]
+        assert torch.equal(value, expected), key

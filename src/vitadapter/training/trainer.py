@@ -216,10 +216,16 @@ class Trainer:
         torch.manual_seed(s.seed)
         self.model: SegmentationModel = build_model(self.config, device=self.device)
         self.model.classes, self.model.palette = self.classes.names, self.classes.palette
-        if saved is None and s.init:
-            initialize(self.model, s.init, trust_checkpoint=s.trust_checkpoint)
-        elif saved is None:
-            logger.warning("no --init: training from random weights")
+        whole, _ = checkpoint_filter(self.model.state_dict(), "model")
+        if saved is None or whole.keys() != self.checkpoint_tensors().keys():
+            # A fresh run, or a resumed one whose checkpoints leave tensors out (frozen).
+            if s.init:
+                initialize(self.model, s.init, trust_checkpoint=s.trust_checkpoint)
+            elif saved is not None:
+                raise TrainingError("the checkpoints of this run hold the trained tensors only: "
+                                    "pass the --init it started from for the others")
+            else:
+                logger.warning("no --init: training from random weights")
         if self.world_size > 1:
             sync_batchnorms(self.model, self.device)
         large = self.config.backbone.embed_dim >= 1024
@@ -354,7 +360,8 @@ class Trainer:
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds and a resume restores: every parameter and buffer the
         training changes (today the whole model; the derived relative position indices
-        left out)."""
+        left out). Leaving tensors out (a frozen backbone) is enough: a resume then loads
+        them from --init again."""
         tensors, _ = checkpoint_filter(self.model.state_dict(), "model")
         return tensors
 
