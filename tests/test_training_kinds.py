@@ -69,6 +69,8 @@ def test_one_step_reaches_every_parameter_and_checkpointing_changes_nothing(
     plain, checkpointed = runs[backbone, head, False], runs[backbone, head, True]
     model = checkpointed.model
     assert model.config.backbone.kind == backbone and model.config.head.kind == head
+    image, labels = plain.dataset[0, 0]  # the crop asked for (a plain ViT's img_size is 224)
+    assert image.shape == (3, 64, 64) and labels.shape == (64, 64)
     switched = [*model.backbone.blocks,
                 *(part for block in model.backbone.interactions
                   for part in (block.injector, block.extractor, *(block.extra_extractors or ())))]
