@@ -171,6 +171,9 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, bi
     try:
         with pytest.raises(TrainingError) as error:
             work.save_checkpoint(2, tensors, {}, state, {}, keep=2)
+        with pytest.raises(TrainingError, match=rf"disk full while writing "
+                                                rf"{re.escape(str(tmp_path / LOG_FILE))}"):
+            work.append_log({"iter": 2, "note": "x" * (1 << 17)})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert str(error.value) == (

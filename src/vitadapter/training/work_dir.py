@@ -269,7 +269,9 @@ class WorkDir:
     # -- the log -------------------------------------------------------------------------------
 
     def append_log(self, record: Mapping[str, Any]) -> None:
-        with open(self.path / LOG_FILE, "a", encoding="utf-8") as f:
+        path = self.path / LOG_FILE
+        with _disk_full_is_an_error(path, self.checkpoints()), \
+                open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def read_log(self) -> list[dict[str, Any]]:
@@ -289,7 +291,8 @@ class WorkDir:
         """curves.png from the log (None without matplotlib or records)."""
         from .curves import plot_curves
 
-        return plot_curves(self.read_log(), self.path / CURVES)
+        with _disk_full_is_an_error(self.path / CURVES, self.checkpoints()):
+            return plot_curves(self.read_log(), self.path / CURVES)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
