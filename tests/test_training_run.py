@@ -91,6 +91,11 @@ def test_bad_input_gets_one_clear_error(data_root, tmp_path):
     code = main(["train", "--config", TINY, "--data-root", str(empty), "--dataset", "custom",
                  "--work-dir", str(tmp_path / "w5")])
     assert code == 2
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TrainingError, match=r"--work-dir .*file is a file; give a directory"):
+        Trainer(settings(data_root, tmp_path / "file"))
+    with pytest.raises(TrainingError, match=r"cannot create --work-dir .*file/run: Not a dir"):
+        Trainer(settings(data_root, tmp_path / "file" / "run"))
     with pytest.raises(TrainingError, match=r"--batch-size 1 in one process: UperNet's pyramid "
                                             "pooling normalises a 1x1 map over the batch"):
         Trainer(settings(data_root, tmp_path / "w6", batch_size=1, model=UPERNET))

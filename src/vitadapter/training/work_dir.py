@@ -98,7 +98,10 @@ class WorkDir:
         if self.path.exists() and not self.path.is_dir():
             raise TrainingError(f"--work-dir {self.path} is a file; give a directory")
         self._created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainingError(f"cannot create --work-dir {self.path}: {exc.strerror}") from None
         lock = FileLock(str(self.path / LOCK))
         try:
             lock.acquire(timeout=0)
