@@ -49,27 +49,22 @@ from ..progress import Progress
 from ..weights.safetensors import load_safetensors
 from .criterion import Criterion, criterion_for
 from .distributed import sync_batchnorms
-from .identity import dataset_identity, resume_differences
 from .init import initialize
 from .param_groups import layer_decay_param_groups
 from .point_sampling import SamplePoints
+from .resume import (
+    STATE_VERSION,
+    check_optimizer_state,
+    check_state,
+    dataset_identity,
+    resume_differences,
+)
 from .schedule import PolySchedule, PolyScheduleConfig, lr_at
 from .work_dir import LATEST, POINTER, SavedCheckpoint, WorkDir
 
 __all__ = ["TRAIN_PRECISIONS", "TrainSettings", "Trainer", "train", "training_config"]
 
 logger = logging.getLogger(__name__)
-
-STATE_VERSION = 3
-# The training state's fields and their types (checked before a resume uses any of them).
-_STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "version": int, "iteration": int, "iters": int, "settings": dict, "model_config": dict,
-    "dataset": dict, "optimizer": dict, "best_miou": float, "world_size": int,
-    "torch_rng": list, "cuda_rng": list, "scaler": (dict, type(None)), "data_order": dict,
-    "weights_sha256": str,
-}
-_DATASET_FIELDS: dict[str, type] = {"images": int, "files_sha256": str, "classes": list}
-
 
 @dataclass
 class ClassInfo:
@@ -313,7 +308,7 @@ class Trainer:
                                work.pointer(), latest.path.name)
                 work.point_to(latest)
         state = work.read_state(latest)
-        _check_state(state, latest.state)
+        check_state(state, latest.state)
         differences = resume_differences(
             state, settings=self.settings.run_identity(),
             model_config=json.loads(json.dumps(self.config.to_dict())),
@@ -379,7 +374,7 @@ class Trainer:
         self.model.load_state_dict(tensors, strict=False)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            _check_optimizer_state(self.optimizer)
+            check_optimizer_state(self.optimizer)
             torch.set_rng_state(state["torch_rng"][self.rank])
             if self.device.type == "cuda" and state["cuda_rng"][self.rank] is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"][self.rank], self.device)
@@ -580,47 +575,6 @@ def _bars_and_logs(show: bool) -> Iterator[None]:
 
     with logging_redirect_tqdm(loggers=[logging.getLogger()]):
         yield
-
-
-def _check_state(state: dict[str, Any], path: Path) -> None:
-    """Every field of a training state present with its type, before any is used."""
-    def kind(value: Any) -> str:
-        return type(value).__name__
-
-    if state.get("version") != STATE_VERSION:
-        raise TrainingError(f"{path} was written by another version of the trainer (state "
-                            f"version {state.get('version')!r}, this one reads {STATE_VERSION})")
-    problems = []
-    for key, expected in _STATE_FIELDS.items():
-        if key not in state:
-            problems.append(f"no {key!r}")
-        elif isinstance(state[key], bool) or not isinstance(state[key], expected):
-            problems.append(f"{key!r} is a {kind(state[key])}")
-    if not problems:
-        dataset = state["dataset"]
-        problems += [f"'dataset.{k}' is missing or a {kind(dataset.get(k))}"
-                     for k, t in _DATASET_FIELDS.items() if not isinstance(dataset.get(k), t)]
-        world = state["world_size"]
-        if state["iteration"] < 0 or world < 1:
-            problems.append(f"iteration {state['iteration']}, world_size {world}")
-        for key in ("torch_rng", "cuda_rng"):
-            if len(state[key]) != world or not all(
-                    v is None or (isinstance(v, torch.Tensor) and v.dtype == torch.uint8)
-                    for v in state[key]):
-                problems.append(f"{key!r} is not {world} byte tensor(s)")
-    if problems:
-        raise TrainingError(f"{path} is not a training state of this trainer "
-                            f"({'; '.join(problems)}): the file was edited or damaged")
-
-
-def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
-                if (isinstance(value, torch.Tensor) and value.dim()
-                        and value.shape != param.shape):
-                    raise ValueError(f"optimizer {name} of shape {tuple(value.shape)} for a "
-                                     f"parameter of shape {tuple(param.shape)}")
 
 
 def train(settings: TrainSettings) -> Trainer:
