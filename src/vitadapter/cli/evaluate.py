@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.distributed import shard_from_environment
+    from ..distributed import shard_from_environment
 
     if args.limit is not None and args.limit < 1:
         raise EvaluationError(f"--limit must be at least 1, got {args.limit}")

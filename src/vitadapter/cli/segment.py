@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..distributed import Shard
 from ..errors import ImageError, VitAdapterError
-from ..evaluation.loop import Shard
 from ..files import atomic_path, remove_stale_temps, write_text_atomic
 from ..pipeline.images import check_pixels
 from ..pipeline.result import SegmentationResult
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     jobs, new_names = assign_stems(jobs, out)
     shard = Shard()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: a share of the photos each
-        from ..evaluation.distributed import shard_from_environment
+        from ..distributed import shard_from_environment
 
         shard, args.device = shard_from_environment(args.device)
     try:

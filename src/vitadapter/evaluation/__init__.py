@@ -2,11 +2,12 @@
 
 ``datasets`` reads the on-disk layouts, ``metrics`` counts and scores, ``records`` keeps the
 resumable state, ``runner`` runs the loop, ``report`` writes tables and files. None of these
-imports torch; ``distributed`` (torch.distributed) is imported only under ``torchrun``.
+imports torch; :mod:`vitadapter.distributed` imports torch.distributed only under ``torchrun``.
 """
 
 from ..data.datasets import LAYOUTS, EvalDataset, Layout, Sample, decode_label, open_dataset
-from .loop import EvalResult, Shard, run_evaluation
+from ..distributed import Shard
+from .loop import EvalResult, run_evaluation
 from .metrics import Areas, Metrics, compute_metrics, intersect_and_union, percent
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The evaluation loop: predict each image of a dataset, count areas, sum them over processes.
 
 Torch-free: the model is a ``predict(image_path) -> label map`` callable and the processes are
-a :class:`Shard` (``vitadapter.evaluation.distributed`` provides one over torch.distributed).
+a :class:`~vitadapter.distributed.Shard` (``TorchShard`` over torch.distributed).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.datasets import EvalDataset, Sample
+from ..distributed import Shard
 from ..errors import DatasetError, EvaluationError
 from ..progress import Progress
 from .metrics import Areas, Metrics, compute_metrics, intersect_and_union
@@ -29,27 +30,6 @@ PREDICTIONS_DIR = "predictions"
 Predictor = Callable[[Path], np.ndarray]
 # Label maps of several images in order (a pipelined predictor: see vitadapter.stream)
 StreamPredictor = Callable[[list[Path]], Iterable[np.ndarray]]
-
-
-class Shard:
-    """This process's place among the processes sharing an evaluation; alone by default."""
-
-    rank = 0
-    world_size = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, array: np.ndarray) -> np.ndarray:
-        """The element-wise sum of ``array`` (int64) over all processes."""
-        return array
-
-    def barrier(self) -> None:
-        """Wait until every process gets here."""
-
-    def close(self) -> None:
-        """Leave the process group."""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomic
 from .metrics import Areas, Metrics, compute_metrics, percent
 
 
@@ -53,12 +53,12 @@ def write_reports(out: Path, areas: Areas, class_names: Sequence[str],
         **info,
         "per_class": rows,
     }
-    _write_atomic(out / "metrics.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    _write_atomic(out / "metrics.csv", text.getvalue())
+    write_text_atomic(out / "metrics.csv", text.getvalue())
 
 
 def _unrounded(value: float) -> float | None:
@@ -78,8 +78,3 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     rule = "+" + "+".join("-" * w for w in widths) + "+"
     return "\n".join([rule, line(headers), rule, *map(line, rows), rule]) + "\n"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,24 @@ def maybe_checkpoint(enabled: bool, function: Callable[..., Any], *args: Any) ->
     if enabled and torch.is_grad_enabled():
         return checkpoint(function, *args, use_reentrant=False)
     return function(*args)
+
+
+Constant = Callable[..., torch.Tensor]
+
+
+def cached_constant(maxsize: int) -> Callable[[Constant], Constant]:
+    """``functools.lru_cache`` for tensors derived from sizes (position indices, reference
+    points, encodings), always computed outside inference mode: one cached by an inference
+    (segment, an evaluation during training) would fail every later training step that saves
+    it for backward."""
+    def decorate(function: Constant) -> Constant:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(function)
+        def cached(*args: Any, **kwargs: Any) -> torch.Tensor:
+            with torch.inference_mode(False):
+                return function(*args, **kwargs)
+        return cached
+    return decorate
 
 
 def embedding(num: int, dim: int) -> nn.Embedding:

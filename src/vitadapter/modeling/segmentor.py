@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -64,6 +65,13 @@ _META_HEAD = [(re.compile(pattern), ours) for pattern, ours in (
 )]
 
 
+class GradCheckpointing(Protocol):
+    """A module that can recompute its activations in backward: its class declares
+    ``with_cp = False`` and its forward goes through :func:`~.layers.maybe_checkpoint`."""
+
+    with_cp: bool
+
+
 @dataclass
 class SegmentorOutput:
     """Intermediate results of one forward pass, for inspection and parity checks."""
@@ -101,6 +109,17 @@ class SegmentationModel(nn.Module):
                 self.auxiliary_head = FCNHead(head.auxiliary)
         else:
             self.decode_head = Mask2FormerHead(head)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Gradient checkpointing in training (as timm's models): every submodule whose class
+        declares a ``with_cp`` flag (the ViT blocks of every backbone, the adapter's injectors
+        and extractors) recomputes its activations in backward; returns how many were set."""
+        switched = 0
+        for module in self.modules():
+            if isinstance(getattr(type(module), "with_cp", None), bool):
+                cast(GradCheckpointing, module).with_cp = enable
+                switched += 1
+        return switched
 
     @property
     def crop_size(self) -> int:

@@ -1,36 +1,19 @@
-"""Training over several processes started by ``torchrun``: the process group, batch norms
-whose statistics span every process, and the small collectives the trainer needs.
+"""Training over several processes started by ``torchrun``: batch norms whose statistics span
+every process.
 
-The process group is the one ``evaluate`` uses (:func:`~..evaluation.distributed.
-shard_from_environment`: NCCL with one GPU per process, gloo on CPU); gradients are averaged by
+The process group and its small collectives are :mod:`vitadapter.distributed`'s (NCCL with one
+GPU per process, gloo on CPU); gradients are averaged by
 :class:`torch.nn.parallel.DistributedDataParallel`.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
-
-from ..evaluation.distributed import TorchShard, shard_from_environment
-from ..evaluation.loop import Shard
-
-
-def join_processes(device: str | None) -> tuple[Shard, torch.device]:
-    """This process's place among those ``torchrun`` started (a plain :class:`Shard` when
-    alone) and its device; joins the group already initialised in this process, if any."""
-    if dist.is_available() and dist.is_initialized():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
-        target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-        return TorchShard(dist.get_rank(), dist.get_world_size(), target), target
-    shard, name = shard_from_environment(device)
-    return shard, torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 class ProcessGroupBatchNorm2d(nn.BatchNorm2d):
@@ -82,24 +65,3 @@ def sync_batchnorms(model: nn.Module, device: torch.device) -> nn.Module:
         if type(module) is nn.BatchNorm2d:
             module.__class__ = ProcessGroupBatchNorm2d
     return model
-
-
-def mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """The mean of each value over all processes (unchanged when alone)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    tensor /= dist.get_world_size()
-    return dict(zip(keys, tensor.tolist(), strict=True))
-
-
-def gather_objects(value: Any) -> list[Any]:
-    """``value`` of every process, in rank order (``[value]`` when alone)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-

@@ -5,8 +5,9 @@
 - Another crop: every BEiT relative-position bias table is resized, bicubically on its
   (2W-1) x (2W-1) grid of patch offsets, the three cls rows kept as they are.
 - Backbone-only weights (keys without ``backbone.``/``decode_head.``): loaded into the
-  backbone; the adapter and head keep their initialisation (a notice says how many).
-Any other mismatch is an error listing the keys.
+  backbone; the adapter and head keep their initialisation (a notice says how many). They
+  must fill every ViT block (``backbone.blocks.*``).
+Any other mismatch is an error listing the keys, and so is a checkpoint with no tensors.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def initialize(model: SegmentationModel, init: str, *, trust_checkpoint: bool = 
     """Load the weights of ``init`` into ``model`` as described above; returns the notices."""
     ckpt = read_checkpoint(init_source(init), trust_checkpoint=trust_checkpoint)
     given = dict(ckpt.state_dict)
+    if not given:
+        raise CheckpointError(f"--init {init} holds no tensors (an empty state dict): nothing "
+                              "to start from; give a release checkpoint, a work dir's "
+                              "latest.safetensors or pretrained backbone weights")
     notices = []
     backbone_only = not any(k.startswith(("backbone.", "decode_head.")) for k in given)
     if backbone_only:
@@ -92,6 +97,14 @@ def initialize(model: SegmentationModel, init: str, *, trust_checkpoint: bool = 
                   for k, v in given.items() if k in expected and v.shape != expected[k].shape]
     unexpected = [k for k in given if k not in expected]
     missing = [k for k in expected if k not in given and k not in dropped]
+    blocks = [k for k in missing if k.startswith("backbone.blocks.")]
+    if backbone_only and blocks and not (mismatched or unexpected):
+        found = sorted(k.removeprefix("backbone.") for k in given)
+        raise CheckpointError(
+            f"--init {init} fills only {len(given)} of the model's tensors "
+            f"({', '.join(found[:5])}{' ...' if len(found) > 5 else ''}) and misses "
+            f"{len(blocks)} of the ViT blocks' ({blocks[0]}, ...): pretrained backbone "
+            "weights must hold every block; use a checkpoint of this architecture")
     if mismatched or unexpected or (missing and not backbone_only):
         problems = "; ".join(f"{what}: {', '.join(keys[:8])}"
                              + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")

@@ -1,10 +1,11 @@
 """Fine-tuning with the official recipe, resumable, into a work directory.
 
-The work dir holds ``config.json`` (the model as trained, readable by ``segment --config``),
-``latest.safetensors`` (weights + class names/palette), ``train_state.pt`` (optimizer, schedule,
-iteration, RNG states, data order; ``torch.load(weights_only=True)``), ``log.jsonl`` (one record
-per logged iteration, one per evaluation), ``best.safetensors`` (best val mIoU) and
-``curves.png`` (with matplotlib). Every file is written to a temporary name, then renamed.
+The work dir (:mod:`.work_dir`) holds ``config.json`` (the model as trained, readable by
+``segment --config``), one folder per saved iteration under ``checkpoints/`` (the trainable
+tensors and ``train_state.pt``: optimizer, iteration, RNG states, the run's settings and data;
+``torch.load(weights_only=True)``), ``latest.safetensors`` and ``best.safetensors`` (best val
+mIoU) for ``segment``, ``log.jsonl`` (one record per logged iteration, one per evaluation, mIoU
+in percent) and ``curves.png`` (with matplotlib). One run at a time holds it (a file lock).
 
 Under ``torchrun`` every process trains its shard of each global batch (see
 :mod:`vitadapter.data.train`) with DistributedDataParallel and batch norms over all processes;
@@ -18,11 +19,13 @@ import dataclasses
 import json
 import logging
 import math
-import os
+import re
 import resource
+import signal
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,82 +34,37 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..backends.precision import cpu_has_fast_bf16
-from ..config.schema import ModelConfig
+from ..config.schema import ModelConfig, UperNetConfig
+from ..config.training import DEFAULT_ITERS, TRAIN_PRECISIONS, TrainSettings
 from ..data.custom import CustomLayout
 from ..data.datasets import EvalDataset
 from ..data.train import TrainDataset, batch_keys, open_split, train_loader
 from ..data.transforms import TrainPipelineConfig
+from ..distributed import gather_objects, join_processes, mean_over_processes
 from ..errors import ConfigError, DatasetError, TrainingError
-from ..modeling.adapter import AdapterAttention
-from ..modeling.backbones.beit import Block
 from ..modeling.build import build_model, resolve_config
 from ..modeling.segmentor import SegmentationModel, checkpoint_filter
 from ..pipeline.classes import DATASETS, generated_palette
-from ..weights.checkpoint import load_checkpoint
-from ..weights.safetensors import save_safetensors
+from ..progress import Progress
+from ..weights.safetensors import load_safetensors
 from .criterion import Criterion, criterion_for
-from .distributed import gather_objects, join_processes, mean_over_processes, sync_batchnorms
+from .distributed import sync_batchnorms
 from .init import initialize
 from .param_groups import layer_decay_param_groups
 from .point_sampling import SamplePoints
-from .schedule import PolySchedule, PolyScheduleConfig
+from .resume import (
+    STATE_VERSION,
+    check_optimizer_state,
+    check_state,
+    dataset_identity,
+    resume_differences,
+)
+from .schedule import PolySchedule, PolyScheduleConfig, lr_at
+from .work_dir import LATEST, POINTER, SavedCheckpoint, WorkDir
+
+__all__ = ["TRAIN_PRECISIONS", "TrainSettings", "Trainer", "train", "training_config"]
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE, LATEST, BEST = "config.json", "latest.safetensors", "best.safetensors"
-STATE_FILE, LOG_FILE, CURVES = "train_state.pt", "log.jsonl", "curves.png"
-STATE_VERSION = 2
-TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """One training run. ``model`` is a preset name or config path; ``None`` fields take the
-    model's values (crop: its img_size; img_scale: its test img_scale) or the official recipe."""
-
-    data_root: Path
-    dataset: str
-    work_dir: Path
-    model: str = "cocostuff164k-beit-adapter-l-m2f-896"
-    init: str | None = None
-    iters: int = 80000
-    batch_size: int = 2
-    crop: int | None = None
-    img_scale: tuple[int, int] | None = None
-    lr: float = 2e-5
-    weight_decay: float = 0.05
-    layer_decay: float = 0.9
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    drop_path: float = 0.3
-    num_points: int = 12544
-    eval_interval: int = 8000
-    save_interval: int = 1000
-    log_interval: int = 50
-    seed: int = 0
-    device: str | None = None
-    num_workers: int = 2
-    resume: bool = False
-    trust_checkpoint: bool = False
-    # fp32, or autocast of the model's forward to bf16 / fp16 (with a gradient scaler).
-    precision: str = "fp32"
-    # Gradient checkpointing of the ViT blocks and adapter interactions; None: on for the
-    # large models (embed_dim >= 1024), as the official configs.
-    with_cp: bool | None = None
-    # Settings that may differ between a run and its resumption.
-    RESUMABLE: tuple[str, ...] = field(default=("work_dir", "init", "eval_interval",
-                                                "save_interval", "log_interval", "device",
-                                                "num_workers", "resume", "trust_checkpoint",
-                                                "with_cp"),
-                                       repr=False)
-
-    def run_identity(self) -> dict[str, Any]:
-        """The settings that define the run (what a resume must repeat)."""
-        values = dataclasses.asdict(self)
-        for key in (*self.RESUMABLE, "RESUMABLE"):
-            values.pop(key)
-        return json.loads(json.dumps(values, default=str))
-
 
 @dataclass
 class ClassInfo:
@@ -128,8 +86,10 @@ def class_info(dataset: EvalDataset) -> ClassInfo:
 
 def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int,
                     dataset_name: str) -> ModelConfig:
-    """The model as trained: the class count of the data, the crop, the drop path rate."""
-    crop = settings.crop or base.backbone.img_size
+    """The model as trained: the class count of the data, the crop (default: the model's
+    inference crop), the slide stride scaled with it, the drop path rate."""
+    model_crop = base.inference.crop_size[0]
+    crop = settings.crop or model_crop
     if crop < 32 or crop % 32:
         raise ConfigError(f"--crop {crop}: the model needs a multiple of 32 (patch 16 and a "
                           "1/32 feature level)")
@@ -141,12 +101,10 @@ def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int
                           "short side (2.0 x the scale); lower --crop or raise --img-scale")
     if num_classes != base.num_classes:
         base = base.with_num_classes(num_classes)
-    head = base.head
-    old_crop = base.backbone.img_size
-    stride = max(1, round(base.inference.stride[0] * crop / old_crop))
+    stride = min(crop, max(1, round(base.inference.stride[0] * crop / model_crop)))
     return base.replace(
         name=f"{base.name}-finetuned" if not base.name.endswith("-finetuned") else base.name,
-        dataset=dataset_name, head=head,
+        dataset=dataset_name,
         # A plain ViT's img_size is its position grid's pretraining size (resized to any
         # input); BEiT's relative position tables are sized for the crop.
         backbone=dataclasses.replace(
@@ -156,12 +114,6 @@ def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int
                                       img_scale=(int(img_scale[0]), int(img_scale[1])),
                                       crop_size=(crop, crop), stride=(stride, stride)),
         weights_url=None, description=f"fine-tuned on {dataset_name}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -185,18 +137,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def set_checkpointing(model: nn.Module, enabled: bool) -> None:
-    """Gradient checkpointing of every ViT block, injector and extractor of ``model``."""
-    for module in model.modules():
-        if isinstance(module, Block | AdapterAttention):
-            module.with_cp = enabled
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: allocated on the GPU (CUDA), else peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def loss_summary(losses: Mapping[str, float]) -> str:
+    """The model's own loss terms for the console, each summed over the decoder layers
+    (Mask2Former: ``cls mask dice``; UperNet: ``ce aux.ce``)."""
+    terms: dict[str, float] = {}
+    for key, value in losses.items():
+        name = ".".join(p for p in key.split(".") if not re.fullmatch(r"d\d+", p))
+        name = name.removeprefix("decode.").replace("loss_", "")
+        terms[name] = terms.get(name, 0.0) + value
+    return " ".join(f"{name} {value:.3f}" for name, value in terms.items())
 
 
 class LossModule(nn.Module):
@@ -213,44 +169,63 @@ class LossModule(nn.Module):
 
 
 class Trainer:
-    """Builds everything a run needs from :class:`TrainSettings`; :meth:`run` trains."""
+    """Builds everything a run needs from :class:`TrainSettings` and holds the work dir until
+    :meth:`close` (a context manager); :meth:`run` trains."""
 
     def __init__(self, settings: TrainSettings) -> None:
         self.settings = s = settings
-        for name in ("iters", "batch_size", "log_interval"):
+        for name in ("batch_size", "log_interval", "save_interval", "keep_checkpoints"):
             if getattr(s, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
-        self.work_dir = Path(s.work_dir)
-        state_path = self.work_dir / STATE_FILE
-        if state_path.exists() and not s.resume:
-            raise TrainingError(f"{self.work_dir} already holds a training run; pass --resume "
-                                "to continue it, or choose another --work-dir")
-        if s.resume and not state_path.exists():
-            raise TrainingError(f"nothing to resume: {state_path} does not exist")
+        if s.iters is not None and s.iters < 1:
+            raise TrainingError("--iters must be at least 1")
+        self.work = WorkDir(Path(s.work_dir))
+        self.work_dir = self.work.path
         self.train_data = open_split(s.data_root, s.dataset, "train")
         self.val_data = self._val_split()
         self.classes = class_info(self.train_data)
+        self.data_identity = dataset_identity(self.train_data)
         base = resolve_config(s.model)
         dataset_name = (self.train_data.layout.classes if self.train_data.layout.name != "custom"
                         else "custom")
         self.config = training_config(base, s, len(self.classes.names), dataset_name)
         self.shard, self.device = join_processes(s.device)
         self.rank, self.world_size = self.shard.rank, self.shard.world_size
+        if isinstance(self.config.head, UperNetConfig) and s.batch_size * self.world_size < 2:
+            raise TrainingError("--batch-size 1 in one process: UperNet's pyramid pooling "
+                                "normalises a 1x1 map over the batch, which needs at least 2 "
+                                "images per step (batch size x processes)")
         dtype = autocast_dtype(s.precision, self.device)
-        saved = self._read_state() if s.resume else None
+        if self.shard.is_main:
+            self.work.lock()
+        try:
+            self._build(dtype)
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self, dtype: torch.dtype | None) -> None:
+        s = self.settings
+        saved = self._open_work_dir()
+        self.iters = self._planned_iters(saved[1] if saved else None)
         torch.manual_seed(s.seed)
         self.model: SegmentationModel = build_model(self.config, device=self.device)
         self.model.classes, self.model.palette = self.classes.names, self.classes.palette
-        if saved is None and s.init:
-            initialize(self.model, s.init, trust_checkpoint=s.trust_checkpoint)
-        elif saved is None:
-            logger.warning("no --init: training from random weights")
+        whole, _ = checkpoint_filter(self.model.state_dict(), "model")
+        if saved is None or whole.keys() != self.checkpoint_tensors().keys():
+            # A fresh run, or a resumed one whose checkpoints leave tensors out (frozen).
+            if s.init:
+                initialize(self.model, s.init, trust_checkpoint=s.trust_checkpoint)
+            elif saved is not None:
+                raise TrainingError("the checkpoints of this run hold the trained tensors only: "
+                                    "pass the --init it started from for the others")
+            else:
+                logger.warning("no --init: training from random weights")
         if self.world_size > 1:
             sync_batchnorms(self.model, self.device)
         large = self.config.backbone.embed_dim >= 1024
         self.with_cp = s.with_cp if s.with_cp is not None else large
-        set_checkpointing(self.model, self.with_cp)
+        self.model.set_grad_checkpointing(self.with_cp)
         # Per-rank stream for drop path (the model above is the same on every rank).
         torch.manual_seed(s.seed + 1_000_003 * self.rank)
         self.points = SamplePoints(s.seed)
@@ -264,22 +239,32 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999),
                                            weight_decay=s.weight_decay)
         self.schedule = PolySchedule(PolyScheduleConfig(
-            max_iters=s.iters, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio))
+            max_iters=self.iters, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio))
         self.pipeline = TrainPipelineConfig(img_scale=self.config.inference.img_scale,
-                                            crop=self.config.backbone.img_size)
+                                            crop=self.config.inference.crop_size[0])
         self.dataset = TrainDataset(self.train_data, self.pipeline, self.config.inference,
                                     s.seed)
         self.iteration = 0
         self.best_miou = -1.0
+        self._stop_requested = False
         if saved is not None:
-            self._restore(saved)
-        if self.shard.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._restore(*saved)
+        self._warn_short_warmup()
         self.loss_module: nn.Module = LossModule(self.model, self.criterion)
         if self.world_size > 1:
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def close(self) -> None:
+        """Release the work dir (the process group stays: :func:`train` leaves it)."""
+        self.work.unlock()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- state --------------------------------------------------------------------------------
 
@@ -291,93 +276,150 @@ class Trainer:
                 logger.warning("no evaluation: %s", exc)
             return None
 
-    def _read_state(self) -> dict[str, Any]:
-        path = self.work_dir / STATE_FILE
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a corrupt file of any kind
-            raise TrainingError(f"{path} is not a readable training state: {exc}") from None
-        if state.get("version") != STATE_VERSION:
-            raise TrainingError(f"{path} was written by another version of the trainer")
-        ours = self.settings.run_identity()
-        theirs = state["settings"]
-        differences = [f"{k}: {theirs.get(k)!r} in the work dir, {ours.get(k)!r} now"
-                       for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
-        if state.get("world_size", 1) != self.world_size:
-            differences.insert(0, f"processes: {state.get('world_size', 1)} in the work dir, "
-                                  f"{self.world_size} now (the batches depend on it)")
-        if state["model_config"] != json.loads(json.dumps(self.config.to_dict())):
-            differences.insert(0, f"model: {state['model_config']['name']} (its config) in the "
-                                  "work dir differs from the one asked for now")
+    def _open_work_dir(self) -> tuple[SavedCheckpoint, dict[str, Any]] | None:
+        """The checkpoint and state to resume from (None: a fresh run, the work dir cleared of
+        an unfinished run's files); refuses what cannot be resumed or overwritten."""
+        work, resume = self.work, self.settings.resume
+        if work.earlier_version_files():
+            raise TrainingError(
+                f"{self.work_dir} holds a run of an earlier vitadapter (train_state.pt beside "
+                "latest.safetensors), which this version cannot resume: start another "
+                f"--work-dir, with --init {self.work_dir / LATEST} to begin from its weights")
+        complete = work.checkpoints()
+        if not resume:
+            if complete:
+                raise TrainingError(f"{self.work_dir} already holds a training run (saved up "
+                                    f"to iteration {complete[-1].iteration}); pass --resume "
+                                    "to continue it, or choose another --work-dir")
+            if self.shard.is_main:
+                work.set_aside_unfinished()
+            return None
+        if not complete:
+            partial = work.partial_checkpoints()
+            raise TrainingError(f"nothing to resume: {self.work_dir} holds no complete "
+                                "checkpoint" + (f" (only {partial[-1]}, a save that did not "
+                                                "finish)" if partial else ""))
+        latest = complete[-1]
+        if self.shard.is_main:
+            work.remove_partial_checkpoints()
+            if work.pointer() != latest.path.name:  # a save stopped before updating them
+                logger.warning("%s names %s, but %s is complete and newer: resuming from it "
+                               "(last_checkpoint and latest.safetensors updated)", POINTER,
+                               work.pointer(), latest.path.name)
+                work.point_to(latest)
+        state = work.read_state(latest)
+        check_state(state, latest.state)
+        differences = resume_differences(
+            state, settings=self.settings.run_identity(),
+            model_config=json.loads(json.dumps(self.config.to_dict())),
+            world_size=self.world_size, dataset=self.data_identity)
         if differences:
             raise TrainingError(f"cannot resume {self.work_dir}: it holds a run with other "
                                 "settings (" + "; ".join(differences) + "); resume with the "
                                 "same settings, or start another --work-dir")
-        return state
+        return latest, state
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        latest = self.work_dir / LATEST
-        ckpt = load_checkpoint(self.model, latest)
-        from ..weights.safetensors import load_safetensors
+    def _planned_iters(self, state: dict[str, Any] | None) -> int:
+        """``--iters``, or the resumed run's; a resumed run may be extended (or shortened to
+        no less than it has done), its schedule recomputed."""
+        asked = self.settings.iters
+        if state is None:
+            return asked or DEFAULT_ITERS
+        done, planned = state["iteration"], state["iters"]
+        if asked is None or asked == planned:
+            return planned
+        if asked < done:
+            raise TrainingError(f"--iters {asked} is less than the {done} iterations the run "
+                                f"in {self.work_dir} has done: give at least {done}")
+        s = self.settings
+        before = lr_at(done, s.lr, planned, warmup_iters=s.warmup_iters,
+                       warmup_ratio=s.warmup_ratio)
+        after = lr_at(done, s.lr, asked, warmup_iters=s.warmup_iters,
+                      warmup_ratio=s.warmup_ratio)
+        logger.warning("--iters %d: the run was planned for %d iterations; the poly schedule "
+                       "is recomputed for %d (base lr at iteration %d: %.3g, was %.3g)",
+                       asked, planned, asked, done, after, before)
+        return asked
 
-        _, metadata = load_safetensors(latest)
-        if int(metadata.get("iteration", -1)) != state["iteration"]:
-            raise TrainingError(f"{latest} (iteration {metadata.get('iteration')}) and "
-                                f"{STATE_FILE} (iteration {state['iteration']}) disagree")
-        del ckpt
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = int(state["iteration"])
-        self.best_miou = float(state["best_miou"])
-        torch.set_rng_state(state["torch_rng"][self.rank])
-        if self.device.type == "cuda" and state["cuda_rng"][self.rank] is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"][self.rank], self.device)
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.shard.is_main:
-            self._truncate_log(self.iteration)
-        logger.info("resumed %s at iteration %d", self.work_dir, self.iteration)
-
-    def _truncate_log(self, iteration: int) -> None:
-        """Drop log records written after the saved iteration (an interrupted run's tail)."""
-        path = self.work_dir / LOG_FILE
-        if not path.exists():
+    def _warn_short_warmup(self) -> None:
+        s = self.settings
+        if self.iters >= s.warmup_iters or self.iteration >= self.iters:
             return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("iter", 0) <= iteration:
-                kept.append(line)
-        _atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
+        peak = max(lr_at(i, s.lr, self.iters, warmup_iters=s.warmup_iters,
+                         warmup_ratio=s.warmup_ratio) for i in range(self.iters))
+        logger.warning("--iters %d ends inside the %d warm-up iterations: the lr never reaches "
+                       "--lr %.3g (it peaks at %.3g); pass --warmup-iters %d (a tenth of "
+                       "--iters) or fewer for the whole schedule", self.iters, s.warmup_iters,
+                       s.lr, peak, max(self.iters // 10, 0))
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds and a resume restores: every parameter and buffer the
+        training changes (today the whole model; the derived relative position indices
+        left out). Leaving tensors out (a frozen backbone) is enough: a resume then loads
+        them from --init again."""
+        tensors, _ = checkpoint_filter(self.model.state_dict(), "model")
+        return tensors
+
+    def _restore(self, saved: SavedCheckpoint, state: dict[str, Any]) -> None:
+        tensors, metadata = load_safetensors(saved.weights)
+        expected = self.checkpoint_tensors()
+        wrong = sorted([k for k in expected if k not in tensors]
+                       + [k for k in tensors if k not in expected]
+                       + [k for k in tensors if k in expected
+                          and tensors[k].shape != expected[k].shape])
+        if wrong or metadata.get("iteration") != str(state["iteration"]):
+            raise TrainingError(f"{saved.weights} does not fit the model or its state "
+                                f"(keys {', '.join(wrong[:5]) or 'fit'}; iteration "
+                                f"{metadata.get('iteration')} vs {state['iteration']})")
+        self.model.load_state_dict(tensors, strict=False)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_state(self.optimizer)
+            torch.set_rng_state(state["torch_rng"][self.rank])
+            if self.device.type == "cuda" and state["cuda_rng"][self.rank] is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"][self.rank], self.device)
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise TrainingError(f"{saved.state}: its optimizer, RNG or scaler state does not "
+                                f"fit this run ({reason}): the file was edited or damaged"
+                                ) from None
+        self.iteration = state["iteration"]
+        self.best_miou = state["best_miou"]
+        if self.shard.is_main:
+            self.work.truncate_log(self.iteration)
+        logger.info("resumed %s at iteration %d (%s)", self.work_dir, self.iteration,
+                    saved.path.name)
+
+    def _rng_states(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (torch.get_rng_state(),
+                torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
 
     def save(self, best: bool = False) -> None:
-        """Write config.json, latest.safetensors and the training state (and best); every
-        process calls it (the RNG states of all are saved), rank 0 writes."""
-        rng = gather_objects((torch.get_rng_state(),
-                              torch.cuda.get_rng_state(self.device)
-                              if self.device.type == "cuda" else None)) if not best else []
+        """Save a checkpoint of this iteration (or best.safetensors); every process calls it
+        (the RNG states of all are saved), rank 0 writes."""
+        rng = gather_objects(self._rng_states()) if not best else []
         if not self.shard.is_main:
             if not best:  # the files are complete for every rank when save returns
                 self.shard.barrier()
             return
         config = {**self.config.to_dict(), "classes": self.classes.names,
                   "palette": self.classes.palette}
-        _atomic_write(self.work_dir / CONFIG_FILE, (json.dumps(config, indent=1) + "\n").encode())
-        tensors, _ = checkpoint_filter(self.model.state_dict(), "model")
+        tensors = self.checkpoint_tensors()
         metadata = {"format": "vitadapter", "source": self.config.name,
                     "classes": json.dumps(self.classes.names),
                     "palette": json.dumps(self.classes.palette),
                     "iteration": str(self.iteration)}
-        save_safetensors(tensors, self.work_dir / (BEST if best else LATEST), metadata)
         if best:
+            self.work.save_best(tensors, metadata, config)
             return
         state = {
-            "version": STATE_VERSION, "iteration": self.iteration,
+            "version": STATE_VERSION, "iteration": self.iteration, "iters": self.iters,
             "settings": self.settings.run_identity(),
             "model_config": json.loads(json.dumps(self.config.to_dict())),
-            "optimizer": self.optimizer.state_dict(), "best_miou": self.best_miou,
+            "dataset": self.data_identity,
+            "optimizer": self.optimizer.state_dict(), "best_miou": float(self.best_miou),
             "world_size": self.world_size,
             "torch_rng": [cpu for cpu, _ in rng], "cuda_rng": [cuda for _, cuda in rng],
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -385,9 +427,9 @@ class Trainer:
                            "batch_size": self.settings.batch_size,
                            "next_batch": self.iteration},
         }
-        tmp = self.work_dir / (STATE_FILE + ".partial")
-        torch.save(state, tmp)
-        os.replace(tmp, self.work_dir / STATE_FILE)
+        self.work.save_checkpoint(self.iteration, tensors, metadata, state, config,
+                                  keep=self.settings.keep_checkpoints)
+        self.work.plot()
         self.shard.barrier()
 
     # -- loop ---------------------------------------------------------------------------------
@@ -415,70 +457,80 @@ class Trainer:
         return values
 
     def run(self, until: int | None = None) -> None:
-        """Train up to iteration ``until`` (default: the end), saving as configured; an
-        interrupt (Ctrl-C) saves the last finished iteration before it propagates."""
+        """Train up to iteration ``until`` (default: the end), saving as configured. Ctrl-C
+        (alone in the process) finishes the iteration under way, saves it and then stops
+        with KeyboardInterrupt; a second Ctrl-C stops at once."""
         s = self.settings
-        stop = min(until or s.iters, s.iters)
+        stop = min(until or self.iters, self.iters)
         self.model.train()
         loader = train_loader(self.dataset, s.batch_size, self.iteration, stop, s.num_workers,
                               self.rank, self.world_size)
         window: list[dict[str, float]] = []
         tick = time.monotonic()
-        try:
+        show = s.progress and self.shard.is_main
+        with self._interrupt_after_step(), _bars_and_logs(show), \
+                Progress(max(stop - self.iteration, 0), "train", enabled=show) as bar:
             for images, labels in loader:
                 window.append(self.step(images, labels))
+                bar.advance(note=f"loss {window[-1]['loss']:.4f}")
                 done = self.iteration
                 if done % s.log_interval == 0 or done == stop:
                     seconds = (time.monotonic() - tick) / len(window)
                     self._log(window, seconds)
                     window, tick = [], time.monotonic()
-                if s.eval_interval > 0 and (done % s.eval_interval == 0 or done == s.iters):
+                if s.eval_interval > 0 and (done % s.eval_interval == 0 or done == self.iters):
                     self.evaluate()
                     tick = time.monotonic()
-                if done % s.save_interval == 0 or done == stop:
+                if done % s.save_interval == 0 or done == stop or self._stop_requested:
                     self.save()
-        except KeyboardInterrupt:
-            if self.world_size > 1:  # the others may be gone: no collective save
-                logger.info("interrupted at iteration %d; %s holds the last periodic save",
-                            self.iteration, self.work_dir)
-                raise
-            self.save()
-            logger.info("interrupted: saved iteration %d in %s", self.iteration, self.work_dir)
-            raise
-        if self.shard.is_main:
-            self.plot()
+                if self._stop_requested:
+                    logger.info("interrupted: saved iteration %d in %s", self.iteration,
+                                self.work_dir)
+                    raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _interrupt_after_step(self) -> Iterator[None]:
+        """Defer Ctrl-C to the end of the iteration under way (one process, main thread)."""
+        if self.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: object) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            logger.warning("interrupt: finishing iteration %d, then saving it (Ctrl-C again "
+                           "to stop at once, keeping the last save)", self.iteration + 1)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _log(self, window: list[dict[str, float]], seconds: float) -> None:
         """One record for the window (loss terms averaged over it and over the processes)."""
         mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-        peak = peak_memory_mb(self.device)
-        mean["_peak"] = peak
         mean = mean_over_processes(mean, self.device)
         if not self.shard.is_main:
             return
-        mean.pop("_peak")
+        peak = peak_memory_mb(self.device)
         lr = max(g["lr"] for g in self.optimizer.param_groups)
-        eta = seconds * (self.settings.iters - self.iteration)
+        eta = seconds * (self.iters - self.iteration)
         images = self.settings.batch_size * self.world_size
         record = {"iter": self.iteration, "loss": mean.pop("loss"), **mean, "lr": lr,
                   "s_per_iter": seconds, "eta_s": eta, "images_per_s": images / seconds,
                   "peak_mem_mb": peak,
                   "peak_mem_mb_per_image": peak / self.settings.batch_size}
-        self._append(record)
-        kinds = {kind: sum(v for k, v in mean.items() if k.endswith(kind))
-                 for kind in ("loss_cls", "loss_mask", "loss_dice")}
-        terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in kinds.items())
+        self.work.append_log(record)
         hours, rest = divmod(int(eta), 3600)
         logger.info("iter %d/%d  loss %.4f (%s)  lr %.3g  %.2f s/iter  ETA %d:%02d:%02d",
-                    self.iteration, self.settings.iters, record["loss"], terms, lr, seconds,
-                    hours, rest // 60, rest % 60)
-
-    def _append(self, record: Mapping[str, Any]) -> None:
-        with open(self.work_dir / LOG_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+                    self.iteration, self.iters, record["loss"], loss_summary(mean), lr,
+                    seconds, hours, rest // 60, rest % 60)
 
     def evaluate(self) -> float | None:
-        """mIoU of the current weights on the val split (None without one); keeps the best."""
+        """mIoU (percent) of the current weights on the val split (None without one); keeps
+        the best in best.safetensors."""
         if self.val_data is None:
             return None
         from ..evaluation.loop import run_evaluation
@@ -487,37 +539,51 @@ class Trainer:
         segmenter = Segmenter.from_model(self.model)
         try:
             result = run_evaluation(lambda path: segmenter.segment(path).label_map,
-                                    self.val_data, settings={}, progress=False,
-                                    shard=self.shard)
+                                    self.val_data, settings={},
+                                    progress=self.settings.progress, shard=self.shard)
         finally:
             self.model.train()
         metrics = result.metrics
+        miou = 100 * metrics.miou
         if not self.shard.is_main:
-            self.best_miou = max(self.best_miou, metrics.miou)
-            return metrics.miou
-        record = {"iter": self.iteration, "mode": "val", "mIoU": metrics.miou,
-                  "mAcc": metrics.macc, "aAcc": metrics.all_acc, "images": result.images}
-        self._append(record)
+            self.best_miou = max(self.best_miou, miou)
+            return miou
+        record = {"iter": self.iteration, "mode": "val", "mIoU": miou,
+                  "mAcc": 100 * metrics.macc, "aAcc": 100 * metrics.all_acc,
+                  "images": result.images}
+        self.work.append_log(record)
         logger.info("iter %d: val mIoU %.2f  mAcc %.2f  aAcc %.2f", self.iteration,
-                    100 * metrics.miou, 100 * metrics.macc, 100 * metrics.all_acc)
-        if metrics.miou > self.best_miou:
-            self.best_miou = metrics.miou
+                    record["mIoU"], record["mAcc"], record["aAcc"])
+        if miou > self.best_miou:
+            self.best_miou = miou
             self.save(best=True)
-        return metrics.miou
+        self.work.plot()
+        return miou
 
     def plot(self) -> Path | None:
         """curves.png from log.jsonl (loss and mIoU); skipped without matplotlib."""
-        from .curves import plot_curves
+        return self.work.plot()
 
-        return plot_curves(self.work_dir / LOG_FILE, self.work_dir / CURVES)
+
+@contextlib.contextmanager
+def _bars_and_logs(show: bool) -> Iterator[None]:
+    """Log lines printed above the progress bars instead of through them."""
+    if not show:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+        yield
 
 
 def train(settings: TrainSettings) -> Trainer:
     """Train as ``settings`` say (one process of several under ``torchrun``); returns the
-    finished trainer."""
+    finished trainer, its work dir released."""
     trainer = Trainer(settings)
     try:
         trainer.run()
     finally:
+        trainer.close()
         trainer.shard.close()
     return trainer

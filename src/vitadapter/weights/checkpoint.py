@@ -369,7 +369,8 @@ def _likely_cause(problems: dict[str, list[str]], expected: Mapping[str, torch.T
                 "its DINOv3 segmentor): pass the backbone file too (backbone_checkpoint=..., "
                 "--backbone-checkpoint)")
     if any(k.startswith("auxiliary_head.") for k in problems["unexpected"]):
-        return "this is an UperNet checkpoint; only Mask2Former models are supported"
+        return ("this is an UperNet checkpoint and the model is Mask2Former: pass the "
+                "checkpoint's config (--config; a training work dir's config.json)")
     if given and not any(k.startswith(("backbone.", "decode_head.")) for k in given):
         return ("the keys carry no 'backbone.'/'decode_head.' prefix: this looks like "
                 "pretrained backbone weights, not a segmentation checkpoint")

@@ -10,13 +10,13 @@ weights or crash the process with SIGBUS.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_path
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -29,7 +29,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` to ``path`` (written to a temporary file, then renamed)."""
+    """Write ``tensors`` to ``path`` (written to a temporary file, fsynced, then renamed)."""
     path = Path(path)
     # Largest items first keeps every tensor aligned to its element size.
     items = sorted(tensors.items(), key=lambda kv: -kv[1].element_size())
@@ -47,14 +47,12 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(len(blob).to_bytes(8, "little"))
         f.write(blob)
         for _, tensor in items:
             data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
             f.write(memoryview(data.numpy()))  # type: ignore[arg-type]
-    os.replace(tmp, path)
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

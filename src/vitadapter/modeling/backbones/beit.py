@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import use_reference
-from ..layers import maybe_checkpoint
+from ..layers import cached_constant, maybe_checkpoint
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -30,7 +29,7 @@ def relative_position_index(window: tuple[int, int],
     return _cached_index(tuple(window), torch.device(device or "cpu"))
 
 
-@lru_cache(maxsize=8)
+@cached_constant(maxsize=8)
 def _cached_index(window: tuple[int, int], device: torch.device) -> torch.Tensor:
     if device.type != "cpu":
         return _cached_index(window, torch.device("cpu")).to(device)
@@ -189,7 +188,7 @@ class DropPath(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block with optional layer scale (``gamma_1``/``gamma_2``);
-    ``with_cp``: gradient checkpointing in training (set by the trainer)."""
+    ``with_cp``: gradient checkpointing in training (``set_grad_checkpointing``)."""
 
     with_cp = False
 

@@ -45,7 +45,7 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block with optional layer scale (``gamma1``/``gamma2``);
-    ``with_cp``: gradient checkpointing in training (set by the trainer)."""
+    ``with_cp``: gradient checkpointing in training (``set_grad_checkpointing``)."""
 
     with_cp = False
 
