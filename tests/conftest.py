@@ -97,3 +97,18 @@ def segmenters(tiny_models) -> dict[str, Segmenter]:
 @pytest.fixture(scope="session")
 def segmenter(segmenters) -> Segmenter:
     return segmenters["tiny-upstream"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny custom dataset (squares and discs, 64px, four images in each split) that the
+    training tests share."""
+    import shutil
+
+    from .test_training_data import write_custom
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_custom(root, count=4, size=(64, 64))
+    shutil.copytree(root / "images" / "train", root / "images" / "val")
+    shutil.copytree(root / "annotations" / "train", root / "annotations" / "val")
+    return root

@@ -23,7 +23,7 @@ from vitadapter.training.trainer import Trainer
 from vitadapter.training.work_dir import CHECKPOINTS, LATEST, LOG_FILE, STATE_FILE
 
 from .conftest import free_port
-from .test_training_run import data_root, settings  # noqa: F401  (data_root: a fixture)
+from .test_training_run import settings
 
 COMMON = {"iters": 2, "drop_path": 0.0, "lr": 1e-4}
 
@@ -66,13 +66,13 @@ def two_processes(root: Path, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_runs(data_root, tmp_path_factory) -> Path:  # noqa: F811
+def two_runs(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     two_processes(data_root, out)
     return out
 
 
-def test_ranks_agree_and_equal_one_process_with_the_whole_batch(two_runs, data_root,  # noqa: F811
+def test_ranks_agree_and_equal_one_process_with_the_whole_batch(two_runs, data_root,
                                                                  tmp_path):
     for step in (1, 2):
         rank0 = torch.load(two_runs / f"rank0-step{step}.pt", weights_only=True)
@@ -109,7 +109,7 @@ def test_ranks_agree_and_equal_one_process_with_the_whole_batch(two_runs, data_r
     assert not [p for p in (two_runs / "work").rglob(".*") if p.name.endswith(".tmp")]
 
 
-def test_resume_under_two_processes_continues_exactly(two_runs, data_root):  # noqa: F811
+def test_resume_under_two_processes_continues_exactly(two_runs, data_root):
     straight = torch.load(two_runs / "rank0-step2.pt", weights_only=True)
     for rank in (0, 1):
         resumed = torch.load(two_runs / f"rank{rank}-resumed.pt", weights_only=True)
@@ -126,6 +126,6 @@ def test_resume_under_two_processes_continues_exactly(two_runs, data_root):  # n
         trainer(data_root, two_runs / "resumed", batch_size=1, resume=True)
 
 
-def test_precision_the_device_cannot_do_is_refused(data_root, tmp_path):  # noqa: F811
+def test_precision_the_device_cannot_do_is_refused(data_root, tmp_path):
     with pytest.raises(Exception, match=r"--precision fp16 needs a CUDA device"):
         trainer(data_root, tmp_path, batch_size=1, precision="fp16", device="cpu")

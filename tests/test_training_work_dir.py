@@ -35,7 +35,7 @@ from vitadapter.weights.safetensors import load_safetensors
 
 from .conftest import CHECKPOINT
 from .helpers import kill_when_torn
-from .test_training_run import data_root, settings  # noqa: F401  (data_root: a fixture)
+from .test_training_run import settings
 
 STRAIGHT = {"iters": 2, "batch_size": 1, "save_interval": 1}
 
@@ -55,7 +55,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 @pytest.fixture(scope="module")
-def straight(data_root, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:  # noqa: F811
+def straight(data_root, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """Two uninterrupted iterations, a checkpoint after each: the work dir and the weights."""
     work = tmp_path_factory.mktemp("straight")
     with Trainer(settings(data_root, work, **STRAIGHT)) as trainer:
@@ -85,7 +85,7 @@ def test_a_checkpoint_is_a_folder_and_the_work_dir_serves_segment(straight):
     assert not list(work.glob(".*.tmp")) and not (work / ".train.lock.json").exists()
 
 
-def test_ctrl_c_finishes_the_iteration_then_saves_it(straight, data_root,  # noqa: F811
+def test_ctrl_c_finishes_the_iteration_then_saves_it(straight, data_root,
                                                      tmp_path, monkeypatch):
     work = tmp_path / "work"
     first = Trainer(settings(data_root, work, **{**STRAIGHT, "save_interval": 100}))
@@ -135,7 +135,7 @@ Trainer(TrainSettings(**fields)).run()
 
 
 def test_a_kill_between_the_files_of_a_save_resumes_from_the_last_complete_one(
-        straight, data_root, tmp_path, caplog):  # noqa: F811
+        straight, data_root, tmp_path, caplog):
     work = tmp_path / "work"
     run = settings(data_root, work, **STRAIGHT)
     fields = json.dumps(dataclasses.asdict(run), default=str)
@@ -184,7 +184,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, bi
     assert (tmp_path / POINTER).read_text() == "iter_0000001\n"
 
 
-def test_one_run_at_a_time_and_a_fresh_run_sets_an_unfinished_one_aside(data_root,  # noqa: F811
+def test_one_run_at_a_time_and_a_fresh_run_sets_an_unfinished_one_aside(data_root,
                                                                         tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -207,7 +207,7 @@ def test_one_run_at_a_time_and_a_fresh_run_sets_an_unfinished_one_aside(data_roo
     assert [p.name for p in (work / CHECKPOINTS).iterdir()] == ["iter_0000001"]
 
 
-def test_resume_with_other_settings_is_refused_and_keeps_the_work_dir(straight, data_root,  # noqa: F811
+def test_resume_with_other_settings_is_refused_and_keeps_the_work_dir(straight, data_root,
                                                                     tmp_path):
     work = copy_of(straight, tmp_path)
     files = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
@@ -219,7 +219,7 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_work_dir(straight, 
     assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == files
 
 
-def test_resume_refuses_other_data_listing_the_differences(straight, data_root,  # noqa: F811
+def test_resume_refuses_other_data_listing_the_differences(straight, data_root,
                                                           tmp_path):
     work = copy_of(straight, tmp_path)
     data = tmp_path / "data"
@@ -242,7 +242,7 @@ def test_resume_refuses_other_data_listing_the_differences(straight, data_root, 
         Trainer(resume)
 
 
-def test_a_finished_run_can_be_extended_not_cut_below_what_it_did(straight, data_root,  # noqa: F811
+def test_a_finished_run_can_be_extended_not_cut_below_what_it_did(straight, data_root,
                                                                  tmp_path, caplog):
     work = copy_of(straight, tmp_path)
     with pytest.raises(TrainingError, match="--iters 1 is less than the 2 iterations"):
@@ -288,7 +288,7 @@ def first_moment(state):
     ({"optimizer": first_moment}, r"optimizer, RNG or scaler state does not fit this run "
                                   r"\(optimizer exp_avg of shape \(3,\) for a parameter"),
 ])
-def test_an_edited_state_is_refused_by_name(straight, data_root, tmp_path, edit,  # noqa: F811
+def test_an_edited_state_is_refused_by_name(straight, data_root, tmp_path, edit,
                                            message):
     work = copy_of(straight, tmp_path)
     path = rewrite_state(work, **edit)
@@ -296,7 +296,7 @@ def test_an_edited_state_is_refused_by_name(straight, data_root, tmp_path, edit,
         Trainer(settings(data_root, work, **STRAIGHT, resume=True))
 
 
-def test_damaged_files_are_refused_with_the_reason(straight, data_root, tmp_path):  # noqa: F811
+def test_damaged_files_are_refused_with_the_reason(straight, data_root, tmp_path):
     work = copy_of(straight, tmp_path)
     resume = settings(data_root, work, **STRAIGHT, resume=True)
     newest = work / CHECKPOINTS / "iter_0000002"
@@ -325,7 +325,7 @@ def test_damaged_files_are_refused_with_the_reason(straight, data_root, tmp_path
                                             WEIGHTS).read_bytes()
 
 
-def test_an_edited_log_is_read_around_its_bad_lines(straight, data_root, tmp_path,  # noqa: F811
+def test_an_edited_log_is_read_around_its_bad_lines(straight, data_root, tmp_path,
                                                    caplog):
     work = copy_of(straight, tmp_path)
     good = (work / LOG_FILE).read_bytes()
@@ -354,7 +354,7 @@ def test_curves_are_drawn_from_the_readable_records_without_notices(tmp_path, ca
     assert [r.name for r in caplog.records] == ["vitadapter.training.work_dir"]  # 2 bad lines
 
 
-def test_checkpoints_of_the_trained_tensors_only_resume_with_init(data_root, tmp_path,  # noqa: F811
+def test_checkpoints_of_the_trained_tensors_only_resume_with_init(data_root, tmp_path,
                                                                  monkeypatch):
     """What checkpoint_tensors leaves out (a frozen backbone) comes from --init on resume."""
     whole = Trainer.checkpoint_tensors

@@ -6,17 +6,19 @@ import argparse
 from pathlib import Path
 
 from ..config.presets import PRESETS, SEED_PRESET
-from ..config.training import TRAIN_PRECISIONS, TrainSettings, option_fields
+from ..config.training import TRAIN_PRECISIONS, TrainSettings, option_fields, option_type
 from ..data.custom import CUSTOM
 from ..data.datasets import LAYOUTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="fine-tune on your own data (official recipe)",
+        "train", help="fine-tune on your own data (official recipe; DINOv3: frozen ViT)",
         description="Fine-tune a model on a dataset: AdamW with layer-wise lr decay, poly "
                     "schedule with linear warm-up, the mmseg 0.x augmentation and the official "
-                    "loss of the model's head (Mask2Former or UperNet). The work dir holds "
+                    "loss of the model's head (Mask2Former or UperNet); DINOv3 models train "
+                    "their adapter and head on a frozen ViT (--backbone-checkpoint: Meta's "
+                    "pretrained weights). The work dir holds "
                     "config.json, latest.safetensors, best.safetensors, log.jsonl, curves.png "
                     "and checkpoints/ (what --resume continues from); one run at a time.")
     choice = p.add_mutually_exclusive_group()
@@ -41,9 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "model's test img_scale)")
     for f in option_fields():  # the recipe's numbers: help and default from TrainSettings
         default = "" if f.default is None else f" (default {f.default})"
-        kind = int if f.name == "iters" else type(f.default)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
-                       help=f.metadata["help"] + default)
+        flag, kind = f"--{f.name.replace('_', '-')}", option_type(f)
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f.metadata["help"] + default)
+        else:
+            p.add_argument(flag, type=kind, default=None, choices=f.metadata.get("choices"),
+                           help=f.metadata["help"] + default)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --work-dir (from its newest complete checkpoint)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")

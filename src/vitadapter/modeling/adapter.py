@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -254,7 +256,8 @@ class ViTAdapter(nn.Module):
         c = torch.cat([c2 + self.level_embed[0], c3 + self.level_embed[1],
                        c4 + self.level_embed[2]], dim=1)
 
-        prefix, x, height, width = self._tokens(x)
+        with self._vit_compute():
+            prefix, x, height, width = self._tokens(x)
         rope = None if self.rope_embed is None else self.rope_embed(height, width)
         vit_grid = ((height, width),)
         batch, _, dim = x.shape
@@ -264,8 +267,10 @@ class ViTAdapter(nn.Module):
                                         self.cfg.interaction_indexes, strict=True):
             if layer.injector is not None:
                 x = layer.injector(x, c, reference_points(vit_grid, x.device), pyramid)
-            prefix, x = self._run_blocks(prefix, x, self.blocks[first:last + 1], rope)
-            feat = x if self.norm is None else self.norm(x)
+            with self._vit_compute():
+                prefix, x = self._run_blocks(prefix, x, self.blocks[first:last + 1], rope)
+                feat = x if self.norm is None else self.norm(x)
+            feat = feat.float()  # a frozen bf16 ViT's output; a no-op otherwise
             c = layer.extract(c, feat, reference_points(pyramid, x.device), vit_grid, height,
                               width)
             outs.append(feat.transpose(1, 2).reshape(batch, dim, height, width))
@@ -315,13 +320,29 @@ class ViTAdapter(nn.Module):
         return [(name, p) for name, p in self.named_parameters()
                 if name.split(".")[0] in VIT_PARTS]
 
-    def freeze_vit(self, frozen: bool = True) -> None:
+    def vit_state_names(self) -> list[str]:
+        """The names (relative to this module) of the ViT's tensors in a checkpoint."""
+        return [name for name in self.state_dict()
+                if name.split(".")[0] in VIT_PARTS and not name.endswith(beit.INDEX_KEY)]
+
+    def freeze_vit(self, dtype: torch.dtype | None = None) -> None:
         """Freeze the ViT (Meta's DINOv3 recipe): no gradients, eval mode (no drop path, no
-        RoPE coordinate rescaling) even while the adapter trains."""
-        self.vit_frozen = frozen
-        for _, param in self.vit_parameters():
-            param.requires_grad_(not frozen)
+        RoPE coordinate rescaling) even while the adapter trains; with ``dtype`` (bf16) its
+        weights are stored and run in that dtype (autocast), its outputs float32."""
+        self.vit_frozen = True
+        for name, param in self.named_parameters():  # (buffers, e.g. RoPE periods, stay fp32)
+            if name.split(".")[0] in VIT_PARTS:
+                param.requires_grad_(False)
+                if dtype is not None:
+                    param.data = param.data.to(dtype)
         self.train(self.training)
+
+    def _vit_compute(self) -> contextlib.AbstractContextManager[object]:
+        """Autocast to the ViT's dtype when its weights are not float32 (a frozen bf16 ViT)."""
+        dtype = self.patch_embed.proj.weight.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.patch_embed.proj.weight.device.type, dtype=dtype)
 
     def train(self, mode: bool = True) -> ViTAdapter:
         super().train(mode)

@@ -19,7 +19,7 @@ _STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "version": int, "iteration": int, "iters": int, "settings": dict, "model_config": dict,
     "dataset": dict, "optimizer": dict, "best_miou": float, "world_size": int,
     "torch_rng": list, "cuda_rng": list, "scaler": (dict, type(None)), "data_order": dict,
-    "weights_sha256": str,
+    "weights_sha256": str, "backbone_sha256": (str, type(None)),
 }
 _DATASET_FIELDS: dict[str, type] = {"images": int, "files_sha256": str, "classes": list}
 

@@ -35,17 +35,24 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..backends.precision import cpu_has_fast_bf16
 from ..config.schema import ModelConfig, UperNetConfig
-from ..config.training import DEFAULT_ITERS, TRAIN_PRECISIONS, TrainSettings
+from ..config.training import (
+    BACKBONE_PRECISIONS,
+    TRAIN_PRECISIONS,
+    TrainSettings,
+    recipe_for,
+)
 from ..data.custom import CustomLayout
 from ..data.datasets import EvalDataset
 from ..data.train import TrainDataset, batch_keys, open_split, train_loader
 from ..data.transforms import TrainPipelineConfig
 from ..distributed import gather_objects, join_processes, mean_over_processes
 from ..errors import ConfigError, DatasetError, TrainingError
+from ..files import sha256_of
 from ..modeling.build import build_model, resolve_config
 from ..modeling.segmentor import SegmentationModel, checkpoint_filter
 from ..pipeline.classes import DATASETS, generated_palette
 from ..progress import Progress
+from ..weights.checkpoint import apply_state_dict, read_backbone_checkpoint
 from ..weights.safetensors import load_safetensors
 from .criterion import Criterion, criterion_for
 from .distributed import sync_batchnorms
@@ -85,7 +92,7 @@ def class_info(dataset: EvalDataset) -> ClassInfo:
 
 
 def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int,
-                    dataset_name: str) -> ModelConfig:
+                    dataset_name: str, drop_path: float) -> ModelConfig:
     """The model as trained: the class count of the data, the crop (default: the model's
     inference crop), the slide stride scaled with it, the drop path rate."""
     model_crop = base.inference.crop_size[0]
@@ -109,11 +116,14 @@ def training_config(base: ModelConfig, settings: TrainSettings, num_classes: int
         # input); BEiT's relative position tables are sized for the crop.
         backbone=dataclasses.replace(
             base.backbone, img_size=crop if base.backbone.kind == "beit" else
-            base.backbone.img_size, drop_path_rate=settings.drop_path),
-        inference=dataclasses.replace(base.inference,
-                                      img_scale=(int(img_scale[0]), int(img_scale[1])),
-                                      crop_size=(crop, crop), stride=(stride, stride)),
-        weights_url=None, description=f"fine-tuned on {dataset_name}")
+            base.backbone.img_size, drop_path_rate=drop_path),
+        inference=dataclasses.replace(
+            base.inference, img_scale=(int(img_scale[0]), int(img_scale[1])),
+            crop_size=(crop, crop), stride=(stride, stride),
+            # Meta's test pipeline resizes the short side to its crop (img_size = crop_size).
+            short_side=crop if base.inference.pipeline == "dinov3" else None),
+        weights_url=None, weights_sha256=None, backbone_weights_url=None, weights_access=None,
+        description=f"fine-tuned on {dataset_name}")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -186,9 +196,16 @@ class Trainer:
         self.classes = class_info(self.train_data)
         self.data_identity = dataset_identity(self.train_data)
         base = resolve_config(s.model)
+        self.recipe = recipe = recipe_for(base.backbone.kind, s)
+        if s.backbone_precision not in BACKBONE_PRECISIONS or (
+                s.backbone_precision != "fp32" and not recipe.freeze_backbone):
+            raise TrainingError(f"--backbone-precision {s.backbone_precision}: one of "
+                                f"{', '.join(BACKBONE_PRECISIONS)}, and other than fp32 only "
+                                "for a frozen backbone (--freeze-backbone)")
         dataset_name = (self.train_data.layout.classes if self.train_data.layout.name != "custom"
                         else "custom")
-        self.config = training_config(base, s, len(self.classes.names), dataset_name)
+        self.config = training_config(base, s, len(self.classes.names), dataset_name,
+                                      drop_path=recipe.drop_path)
         self.shard, self.device = join_processes(s.device)
         self.rank, self.world_size = self.shard.rank, self.shard.world_size
         if isinstance(self.config.head, UperNetConfig) and s.batch_size * self.world_size < 2:
@@ -211,16 +228,35 @@ class Trainer:
         torch.manual_seed(s.seed)
         self.model: SegmentationModel = build_model(self.config, device=self.device)
         self.model.classes, self.model.palette = self.classes.names, self.classes.palette
+        self.backbone_sha256: str | None = None
+        if self.recipe.freeze_backbone and saved is None and not (s.init or
+                                                                  s.backbone_checkpoint):
+            raise TrainingError("the ViT is frozen (the recipe of this model): give its weights "
+                                "with --backbone-checkpoint (or --init), or train it too with "
+                                "--no-freeze-backbone")
+        if self.recipe.freeze_backbone:
+            self.model.backbone.freeze_vit(torch.bfloat16 if s.backbone_precision == "bf16"
+                                           else None)
         whole, _ = checkpoint_filter(self.model.state_dict(), "model")
-        if saved is None or whole.keys() != self.checkpoint_tensors().keys():
+        left_out = saved is not None and whole.keys() != self.checkpoint_tensors().keys()
+        if saved is None or left_out:
             # A fresh run, or a resumed one whose checkpoints leave tensors out (frozen).
+            if left_out and not (s.init or s.backbone_checkpoint):
+                raise TrainingError("the checkpoints of this run hold the trained tensors only: "
+                                    "pass the --backbone-checkpoint (or --init) it started "
+                                    "from for the others")
             if s.init:
                 initialize(self.model, s.init, trust_checkpoint=s.trust_checkpoint)
-            elif saved is not None:
-                raise TrainingError("the checkpoints of this run hold the trained tensors only: "
-                                    "pass the --init it started from for the others")
-            else:
-                logger.warning("no --init: training from random weights")
+            if s.backbone_checkpoint:
+                self._load_backbone(s.backbone_checkpoint)
+                theirs = saved[1]["backbone_sha256"] if saved is not None else None
+                if theirs and theirs != self.backbone_sha256:
+                    raise TrainingError(f"--backbone-checkpoint {s.backbone_checkpoint} is not "
+                                        f"the file this run started from (SHA-256 {theirs}): "
+                                        "pass that file")
+            elif not s.init:
+                logger.warning("no --init or --backbone-checkpoint: training from random "
+                               "weights")
         if self.world_size > 1:
             sync_batchnorms(self.model, self.device)
         large = self.config.backbone.embed_dim >= 1024
@@ -234,9 +270,10 @@ class Trainer:
             autocast=(lambda: torch.autocast(self.device.type, dtype)) if dtype else
             contextlib.nullcontext)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
-        groups = layer_decay_param_groups(self.model, s.lr, s.weight_decay, s.layer_decay,
-                                          self.config.backbone.depth)
-        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999),
+        lr = self.recipe.lr
+        groups = layer_decay_param_groups(self.model, lr, s.weight_decay,
+                                          self.recipe.layer_decay, self.config.backbone.depth)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999),
                                            weight_decay=s.weight_decay)
         self.schedule = PolySchedule(PolyScheduleConfig(
             max_iters=self.iters, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio))
@@ -324,7 +361,7 @@ class Trainer:
         no less than it has done), its schedule recomputed."""
         asked = self.settings.iters
         if state is None:
-            return asked or DEFAULT_ITERS
+            return asked or self.recipe.iters
         done, planned = state["iteration"], state["iters"]
         if asked is None or asked == planned:
             return planned
@@ -332,9 +369,9 @@ class Trainer:
             raise TrainingError(f"--iters {asked} is less than the {done} iterations the run "
                                 f"in {self.work_dir} has done: give at least {done}")
         s = self.settings
-        before = lr_at(done, s.lr, planned, warmup_iters=s.warmup_iters,
+        before = lr_at(done, self.recipe.lr, planned, warmup_iters=s.warmup_iters,
                        warmup_ratio=s.warmup_ratio)
-        after = lr_at(done, s.lr, asked, warmup_iters=s.warmup_iters,
+        after = lr_at(done, self.recipe.lr, asked, warmup_iters=s.warmup_iters,
                       warmup_ratio=s.warmup_ratio)
         logger.warning("--iters %d: the run was planned for %d iterations; the poly schedule "
                        "is recomputed for %d (base lr at iteration %d: %.3g, was %.3g)",
@@ -345,20 +382,39 @@ class Trainer:
         s = self.settings
         if self.iters >= s.warmup_iters or self.iteration >= self.iters:
             return
-        peak = max(lr_at(i, s.lr, self.iters, warmup_iters=s.warmup_iters,
+        peak = max(lr_at(i, self.recipe.lr, self.iters, warmup_iters=s.warmup_iters,
                          warmup_ratio=s.warmup_ratio) for i in range(self.iters))
         logger.warning("--iters %d ends inside the %d warm-up iterations: the lr never reaches "
                        "--lr %.3g (it peaks at %.3g); pass --warmup-iters %d (a tenth of "
                        "--iters) or fewer for the whole schedule", self.iters, s.warmup_iters,
-                       s.lr, peak, max(self.iters // 10, 0))
+                       self.recipe.lr, peak, max(self.iters // 10, 0))
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds and a resume restores: every parameter and buffer the
-        training changes (today the whole model; the derived relative position indices
-        left out). Leaving tensors out (a frozen backbone) is enough: a resume then loads
-        them from --init again."""
+        training changes (the derived relative position indices left out), without a frozen
+        ViT's unless --save-backbone (a resume loads it from --backbone-checkpoint again)."""
         tensors, _ = checkpoint_filter(self.model.state_dict(), "model")
+        if self.recipe.freeze_backbone and not self.settings.save_backbone:
+            vit = {f"backbone.{name}" for name in self.model.backbone.vit_state_names()}
+            tensors = {k: v for k, v in tensors.items() if k not in vit}
         return tensors
+
+    def _load_backbone(self, path: str) -> None:
+        """The ViT's weights from ``path`` (strict: every ViT tensor, nothing else)."""
+        vit = read_backbone_checkpoint(path, self.config.backbone,
+                                       trust_checkpoint=self.settings.trust_checkpoint)
+        expected = {f"backbone.{name}" for name in self.model.backbone.vit_state_names()}
+        missing = sorted(expected - vit.state_dict.keys())
+        unexpected = sorted(vit.state_dict.keys() - expected)
+        if missing or unexpected:
+            raise TrainingError(f"--backbone-checkpoint {path} does not fit the model's "
+                                f"{self.config.backbone.kind} ViT (missing: "
+                                f"{', '.join(missing[:6]) or 'none'}; unexpected: "
+                                f"{', '.join(unexpected[:6]) or 'none'}): pass the weights of "
+                                "the ViT the model is built with")
+        apply_state_dict(self.model, vit.state_dict, strict=False, source=vit.source)
+        self.backbone_sha256 = sha256_of(Path(path))
+        logger.info("backbone: %s (%d tensors)", vit.source, len(expected))
 
     def _restore(self, saved: SavedCheckpoint, state: dict[str, Any]) -> None:
         tensors, metadata = load_safetensors(saved.weights)
@@ -423,6 +479,7 @@ class Trainer:
             "world_size": self.world_size,
             "torch_rng": [cpu for cpu, _ in rng], "cuda_rng": [cuda for _, cuda in rng],
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "backbone_sha256": self.backbone_sha256,
             "data_order": {"seed": self.settings.seed, "dataset_size": len(self.dataset),
                            "batch_size": self.settings.batch_size,
                            "next_batch": self.iteration},
