@@ -4,7 +4,8 @@ Runs the Trainer's step (forward, official Mask2Former loss, backward, AdamW) on
 normalised crops with random label maps, after one warm-up step. Prints a markdown row:
 model, device, batch, crop, s/iter (median), peak memory (CUDA allocator, or process RSS on
 CPU). ``--model tiny`` is the tiny reference config (tests/data/reference/tiny-upstream).
-Options: ``--bf16`` (autocast) for the GPU numbers.
+Options: ``--bf16`` (autocast) for the GPU numbers; ``--frozen`` trains the adapter and head
+on a frozen ViT (the DINOv3 recipe), ``--frozen-bf16`` with its weights in bf16 as well.
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ def main() -> None:
     parser.add_argument("--num-points", type=int, default=12544)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--frozen", action="store_true", help="freeze the ViT")
+    parser.add_argument("--frozen-bf16", action="store_true", help="freeze the ViT in bf16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = build_model(TINY if args.model == "tiny" else args.model, device=device).train()
+    if args.frozen or args.frozen_bf16:
+        model.backbone.freeze_vit(torch.bfloat16 if args.frozen_bf16 else None)
     crop, classes = model.crop_size, model.num_classes
     criterion = criterion_for(model, RandomPoints(torch.Generator().manual_seed(0)),
                               args.num_points)
     groups = layer_decay_param_groups(model, 2e-5, 0.05, 0.9, model.config.backbone.depth)
-    optimizer = torch.optim.AdamW(groups, lr=2e-5, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(groups, lr=2e-5, weight_decay=0.05)  # (the lr: no matter)
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     labels = torch.randint(0, min(classes, 8), (args.batch_size, crop, crop), device=device)
     times = []
@@ -61,14 +66,19 @@ def main() -> None:
         if i:
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
-        memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA)"
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**30, "CUDA"
     else:
-        memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
-    print("| model | device | batch | crop | points | s/iter | peak memory |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.model} | {args.device}{' bf16' if args.bf16 else ''} | "
-          f"{args.batch_size} | {crop} | {args.num_points} | "
-          f"{statistics.median(times):.2f} | {memory} |")
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RSS"
+    vit = ("frozen bf16" if args.frozen_bf16 else "frozen" if args.frozen or args.frozen_bf16
+           else "trained")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print("| model | ViT | device | batch | crop | points | trained params | s/iter | "
+          "peak memory | per image |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.model} | {vit} | {args.device}{' bf16' if args.bf16 else ''} | "
+          f"{args.batch_size} | {crop} | {args.num_points} | {trained / 1e6:.1f}M | "
+          f"{statistics.median(times):.2f} | {peak:.2f} GiB ({kind}) | "
+          f"{peak / args.batch_size:.2f} GiB |")
 
 
 if __name__ == "__main__":
