@@ -101,9 +101,8 @@ def test_bad_input_gets_one_clear_error(data_root, tmp_path):
         Trainer(settings(data_root, tmp_path / "w3", crop=80))
     narrow = tmp_path / "narrow"
     write_custom(narrow, count=1, size=(64, 64), classes=("background", "square"))
-    trainer = Trainer(settings(narrow, tmp_path / "w4", iters=1, batch_size=1))
     with pytest.raises(DatasetError, match=r"img0.png holds the label value 2"):
-        trainer.run()
+        Trainer(settings(narrow, tmp_path / "w4", iters=1, batch_size=1))  # before any model
     assert not (tmp_path / "w4" / STATE_FILE).exists()
     code = main(["train", "--config", TINY, "--data-root", str(empty), "--dataset", "custom",
                  "--work-dir", str(tmp_path / "w5")])
