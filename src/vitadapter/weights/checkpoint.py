@@ -232,15 +232,44 @@ def _normalise(obj: Any, source: str) -> Checkpoint:
     if auxiliary:
         logger.info("%s: has the auxiliary FCN head (%d keys): loaded for training, unused at "
                     "inference", source, auxiliary)
-    classes = meta.get("CLASSES")
-    palette = meta.get("PALETTE")
     return Checkpoint(
         state_dict=tensors,
-        classes=[str(c) for c in classes] if classes is not None else None,
-        palette=[[int(v) for v in rgb] for rgb in palette] if palette is not None else None,
+        classes=_meta_classes(meta.get("CLASSES"), source),
+        palette=_meta_palette(meta.get("PALETTE"), source),
         source=source,
         ignored_keys=ignored,
     )
+
+
+def _meta_classes(classes: Any, source: str) -> list[str] | None:
+    """The class names of a checkpoint's ``meta`` (a list or tuple of strings), checked."""
+    if classes is None:
+        return None
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{source}: its meta CLASSES is {_shown(classes)}, not a list of "
+                              "class names; fix or remove it (e.g. convert the file without "
+                              "it), or pass --config with the classes")
+    return list(classes)
+
+
+def _meta_palette(palette: Any, source: str) -> list[list[int]] | None:
+    """The palette of a checkpoint's ``meta`` ([r, g, b] integers 0..255 per class), checked."""
+    if palette is None:
+        return None
+    if isinstance(palette, np.ndarray):
+        palette = palette.tolist()
+    if (not isinstance(palette, list | tuple)
+            or not all(isinstance(rgb, list | tuple | np.ndarray) and len(rgb) == 3
+                       and all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                               and 0 <= v <= 255 for v in rgb) for rgb in palette)):
+        raise CheckpointError(f"{source}: its meta PALETTE is {_shown(palette)}, not a list of "
+                              "[r, g, b] colours (integers 0..255); fix or remove it")
+    return [[int(v) for v in rgb] for rgb in palette]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def _meta_from_safetensors(metadata: Mapping[str, str]) -> dict[str, Any]:
