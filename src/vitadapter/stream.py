@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import ImageError
 from .pipeline.images import load_image
-from .pipeline.merge import LabelMap, merge_views
+from .pipeline.merge import LabelMap, check_finite, merge_views
 from .pipeline.preprocess import View, augmented_views
 from .pipeline.result import SegmentationResult
 from .pipeline.windows import SlideScores, Window, sliding_windows
@@ -176,14 +176,16 @@ class _Windows:
         if self.forward is not None:
             import torch
 
-            from .backends.torch_merge import merge_on_device
+            from .backends.torch_merge import check_finite_on_device, merge_on_device
 
+            check_finite_on_device(photo.slides)
             with torch.inference_mode():
                 try:
                     return merge_on_device(photo.slides, logits=logits)
                 except torch.cuda.OutOfMemoryError as exc:  # this photo's, as on the CPU
                     torch.cuda.empty_cache()
                     raise MemoryError(str(exc)) from None
+        check_finite(photo.slides)
         return merge_views(photo.slides, logits=logits)
 
 

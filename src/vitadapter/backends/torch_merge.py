@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.merge import BAND_BYTES, TIE_MARGIN, LabelMap, one_view_band_rows, spans
+from ..errors import InferenceError
+from ..pipeline.merge import (
+    BAND_BYTES,
+    NON_FINITE,
+    TIE_MARGIN,
+    LabelMap,
+    one_view_band_rows,
+    spans,
+)
 from ..pipeline.preprocess import View
 from ..pipeline.windows import Window, sliding_windows
 from .torch_resample import Taps, device_taps, lerp, resize_rows, resize_width
@@ -93,6 +101,13 @@ def run_windows_on_device(view: View, forward: Callable[[torch.Tensor], torch.Te
     for i in range(0, len(windows), step):
         scores.extend(forward(window_crops(image, windows[i:i + step])).unbind(0))
     return DeviceSlide(view, windows, scores, crop)
+
+
+def check_finite_on_device(slides: Sequence[DeviceSlide]) -> None:
+    """:func:`~vitadapter.pipeline.merge.check_finite` on the slides' device (one sync)."""
+    if not bool(torch.stack([torch.isfinite(s).all() for slide in slides
+                             for s in slide.scores]).all()):
+        raise InferenceError(NON_FINITE)
 
 
 def merge_on_device(slides: Sequence[DeviceSlide], band_rows: int | None = None, *,
