@@ -106,3 +106,23 @@ def test_bad_safetensors_metadata_classes_are_refused(tmp_path):
                                                     "palette": "[[1, 2, 3], [4, 5, 6]]"})
     ckpt = read_checkpoint(path)
     assert (ckpt.classes, ckpt.palette) == (["a", "b"], [[1, 2, 3], [4, 5, 6]])
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(tmp_path, monkeypatch):
+    import zipfile
+
+    import vitadapter.weights.checkpoint as checkpoint
+
+    bomb = tmp_path / "release.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("model.pth", bytes(24 * 2**20))  # 24 MB of zeros in about 24 KB
+    assert bomb.stat().st_size < 2**20
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("extracted")
+
+    monkeypatch.setattr(checkpoint.shutil, "copyfileobj", never)
+    with pytest.raises(CheckpointError, match=r"release.zip: model.pth would extract to 24 MB "
+                                              r"from 0.0 MB compressed, more than a checkpoint "
+                                              r"can be .*nothing was extracted"):
+        read_checkpoint(bomb)

@@ -156,6 +156,24 @@ def _is_torch_zip(path: Path) -> bool:
         return any(n.endswith("data.pkl") for n in zf.namelist())
 
 
+# Weights barely compress (a release checkpoint shrinks by a few percent in its zip); an
+# archive member claiming much more than this over its compressed size is no checkpoint.
+MAX_EXTRACT_RATIO = 20
+MAX_EXTRACT_BYTES = 16 * 2**30
+
+
+def _check_extracted_size(path: Path, member: zipfile.ZipInfo) -> None:
+    """Refuse a member that would extract to far more than a checkpoint's size, before anything
+    is written (zipfile never extracts past the size the archive declares)."""
+    limit = min(MAX_EXTRACT_BYTES, MAX_EXTRACT_RATIO * member.compress_size + 2**20)
+    if member.file_size > limit:
+        raise CheckpointError(
+            f"{path}: {member.filename} would extract to {member.file_size / 2**20:.0f} MB from "
+            f"{member.compress_size / 2**20:.1f} MB compressed, more than a checkpoint can be "
+            f"(at most {MAX_EXTRACT_RATIO}x its compressed size and "
+            f"{MAX_EXTRACT_BYTES // 2**30} GiB): refused, nothing was extracted")
+
+
 def _read_release_zip(path: Path, trust_checkpoint: bool) -> Checkpoint:
     with zipfile.ZipFile(path) as zf:
         members = [i for i in zf.infolist() if not i.is_dir()
@@ -167,6 +185,7 @@ def _read_release_zip(path: Path, trust_checkpoint: bool) -> Checkpoint:
             raise CheckpointError(f"{path}: the zip holds {what} (.pth/.pth.tar/.pt); "
                                   f"contents: {names}")
         member = members[0]
+        _check_extracted_size(path, member)
         with tempfile.TemporaryDirectory(prefix="vitadapter-") as tmp:
             target = Path(tmp) / Path(member.filename).name
             try:
