@@ -53,3 +53,15 @@ def test_the_device_check_sees_every_window(nan_segmenter):
         slide.scores[window][5, 1, 2] = float("inf")
         with pytest.raises(InferenceError, match=MESSAGE):
             check_finite_on_device([slide])
+
+
+def test_the_service_answers_500_saying_why(nan_segmenter):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from vitadapter.serve.app import create_app
+
+    with TestClient(create_app(nan_segmenter)) as client:
+        answer = client.post("/v1/segment", content=PHOTO.read_bytes())
+    assert answer.status_code == 500
+    assert answer.json()["error"].startswith("the model produced non-finite scores (NaN or inf)")
