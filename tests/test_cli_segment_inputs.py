@@ -86,3 +86,21 @@ def test_image_file_errors_name_the_path_once_first(kind, tmp_path):
         load_image(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and message.count(str(path)) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_mode_the_umask_gives(umask, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        assert main(["-q", "segment", str(PHOTO), "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()
+             if p.name.startswith("input")}
+    assert sorted(modes) == ["input.json", "input_color.png", "input_labels.png",
+                             "input_overlay.png"]
+    assert set(modes.values()) == {0o666 & ~umask}
