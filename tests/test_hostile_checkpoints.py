@@ -126,3 +126,21 @@ def test_a_zip_bomb_is_refused_before_anything_is_extracted(tmp_path, monkeypatc
                                               r"from 0.0 MB compressed, more than a checkpoint "
                                               r"can be .*nothing was extracted"):
         read_checkpoint(bomb)
+
+
+@pytest.mark.parametrize(("config", "checkpoint", "theirs", "ours"), [
+    ("tiny-upstream", "tiny-vit-adapter-upernet/checkpoint.pth", "UperNet", "Mask2Former"),
+    ("tiny-vit-adapter-upernet", "checkpoint.pth", "Mask2Former", "UperNet"),
+])
+def test_a_checkpoint_of_the_other_head_says_to_pass_its_config(config, checkpoint, theirs,
+                                                                ours):
+    from vitadapter import build_model, load_checkpoint
+
+    from .conftest import REFERENCE, set_config
+
+    model = build_model(set_config(config), device="meta")
+    with pytest.raises(CheckpointError, match=(
+            f"likely cause: this is a {theirs} checkpoint and the model is {ours}: pass the "
+            f"config it was trained with \\(a {theirs} preset with --model, or a training "
+            "work dir's config.json with --config\\)")):
+        load_checkpoint(model, REFERENCE / checkpoint)

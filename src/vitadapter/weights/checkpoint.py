@@ -362,14 +362,26 @@ def _likely_cause(problems: dict[str, list[str]], expected: Mapping[str, torch.T
     if theirs and ours and theirs != ours:
         return (f"the checkpoint has {theirs} queries, the model {ours}: pick the matching "
                 "preset or config")
-    if any(k.startswith("auxiliary_head.") for k in problems["unexpected"]):
-        return "this is an UperNet checkpoint; only Mask2Former models are supported"
+    theirs_kind, ours_kind = _head_kind(given), _head_kind(expected)
+    if theirs_kind and ours_kind and theirs_kind != ours_kind:
+        return (f"this is a {theirs_kind} checkpoint and the model is {ours_kind}: pass the "
+                f"config it was trained with (a {theirs_kind} preset with --model, or a "
+                "training work dir's config.json with --config)")
     if given and not any(k.startswith(("backbone.", "decode_head.")) for k in given):
         return ("the keys carry no 'backbone.'/'decode_head.' prefix: this looks like "
                 "pretrained backbone weights, not a segmentation checkpoint")
     if problems["mismatched"]:
         return "the checkpoint's model has other widths or depths: pick the matching preset"
     return "the checkpoint comes from a different architecture or a different preset"
+
+
+def _head_kind(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The head a state dict's keys belong to: UperNet (pyramid pooling) or Mask2Former."""
+    if any(k.startswith("decode_head.psp_modules.") for k in state):
+        return "UperNet"
+    if any(k.startswith("decode_head.transformer_decoder.") for k in state):
+        return "Mask2Former"
+    return None
 
 
 def _crop_from_table(rows: int) -> int:
