@@ -3,8 +3,6 @@ output fusion."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,12 +12,12 @@ from .backbones import beit, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
-from .layers import maybe_checkpoint
+from .layers import maybe_checkpoint, tensor_cache
 
 Shapes = tuple[tuple[int, int], ...]
 
 
-@lru_cache(maxsize=16)
+@tensor_cache(16)
 def reference_points(shapes: Shapes, device: torch.device) -> torch.Tensor:
     """Pixel centres ``((j + 0.5) / W, (i + 0.5) / H)`` of each level, row-major and
     concatenated, shape ``(1, sum(H*W), 1, 2)`` in float32. Cached per size and device."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,23 @@ from torch.utils.checkpoint import checkpoint
 
 # Rows per block of a long FFN input (see FFN.forward).
 _FFN_ROWS = 2048
+
+
+def tensor_cache(maxsize: int) -> Callable[[Callable[..., torch.Tensor]],
+                                          functools._lru_cache_wrapper[torch.Tensor]]:
+    """``functools.lru_cache`` for functions of hashable arguments returning a constant tensor
+    (position grids, reference points), computed outside inference mode: a tensor first made
+    during an evaluation (``torch.inference_mode``) stays usable by autograd when training
+    follows in the same process (gradient checkpointing saves it for backward)."""
+    def decorate(function: Callable[..., torch.Tensor]
+                 ) -> functools._lru_cache_wrapper[torch.Tensor]:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(function)
+        def cached(*args: Any, **kwargs: Any) -> torch.Tensor:
+            with torch.inference_mode(False):
+                return function(*args, **kwargs)
+        return cached
+    return decorate
 
 
 def maybe_checkpoint(enabled: bool, function: Callable[..., Any], *args: Any) -> Any:

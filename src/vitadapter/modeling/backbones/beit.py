@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import use_reference
-from ..layers import maybe_checkpoint
+from ..layers import maybe_checkpoint, tensor_cache
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -30,7 +29,7 @@ def relative_position_index(window: tuple[int, int],
     return _cached_index(tuple(window), torch.device(device or "cpu"))
 
 
-@lru_cache(maxsize=8)
+@tensor_cache(8)
 def _cached_index(window: tuple[int, int], device: torch.device) -> torch.Tensor:
     if device.type != "cpu":
         return _cached_index(window, torch.device("cpu")).to(device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +10,11 @@ from torch import nn
 
 from ...config.schema import HeadConfig
 from ..deform_attn import MSDeformAttn
-from ..layers import FFN, ConvGN, embedding
+from ..layers import FFN, ConvGN, embedding, tensor_cache
 from .position_encoding import sine_position_encoding
 
 
-@lru_cache(maxsize=16)
+@tensor_cache(16)
 def level_reference_points(shapes: tuple[tuple[int, int], ...], strides: tuple[int, ...],
                            device: torch.device) -> torch.Tensor:
     """Pixel centres of each level normalised to [0, 1], as mmdet's ``MlvlPointGenerator``

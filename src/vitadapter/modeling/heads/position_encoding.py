@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
+from ..layers import tensor_cache
 
-@lru_cache(maxsize=16)
+
+@tensor_cache(16)
 def sine_position_encoding(height: int, width: int, num_feats: int,
                            device: torch.device | str = "cpu",
                            temperature: float = 10000.0) -> torch.Tensor:
