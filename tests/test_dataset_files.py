@@ -160,3 +160,14 @@ def test_bad_classes_json_is_explained(tmp_path, content, message):
         classes.write_bytes(content)
     with pytest.raises(DatasetError, match=message):
         open_custom(root, "train")
+
+
+def test_an_unreadable_training_image_is_named_once(tmp_path):
+    root = write_custom(tmp_path / "d", count=1)
+    image = root / "images/train/img0.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    dataset = TrainDataset(open_custom(root, "train"), PIPELINE, NORM, 0)
+    with pytest.raises(DatasetError) as caught:
+        dataset.read(0)
+    assert str(caught.value).startswith(f"{image}: not a readable image")
+    assert str(caught.value).count(str(image)) == 1
