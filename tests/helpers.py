@@ -8,8 +8,15 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +46,25 @@ def kill_when_torn(script: str, *argv: str) -> int:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     return process.returncode
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``'s result (or exception), failing the test instead of hanging when it has not
+    returned after ``seconds`` (the call is left running in a daemon thread)."""
+    result: list[T] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds} s: it hangs")
+    if raised:
+        raise raised[0]
+    return result[0]

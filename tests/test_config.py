@@ -8,9 +8,10 @@ import pytest
 from vitadapter import ConfigError, ModelConfig, build_model, get_preset, resolve_config
 from vitadapter.config import BackboneConfig, config_from_dict
 from vitadapter.config.mmcv import config_from_official
+from vitadapter.config.parse import load_config_file
 from vitadapter.config.presets import SEED_PRESET
 
-from .conftest import set_config
+from .conftest import REFERENCE, set_config
 
 
 def reference_json(name: str = "tiny-upstream") -> dict:
@@ -114,3 +115,36 @@ def test_missing_and_broken_config_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match=r"bad\.json is not valid JSON"):
         resolve_config(bad)
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    (("backbone", "num_heads"), 0, r"'backbone.num_heads' must be at least 1, got 0"),
+    (("backbone", "mlp_ratio"), float("nan"), r"'backbone.mlp_ratio' must be a finite number"),
+    (("backbone", "mlp_ratio"), -4.0, r"'backbone.mlp_ratio' must be positive, got -4.0"),
+    (("backbone", "embed_dim"), "64", r"'backbone.embed_dim' must be an integer, got '64'"),
+    (("backbone", "depth"), True, r"'backbone.depth' must be an integer, got True"),
+    (("backbone", "img_size"), 2**20, r"'backbone.img_size' is larger than 65536"),
+    (("backbone", "img_size"), 8192, r"'backbone.img_size' is larger than 4096 pixels"),
+    (("inference", "std"), [float("inf"), 1.0, 1.0],
+     r"'inference.std' item 0 must be a finite number, got \(inf, 1.0, 1.0\)"),
+    (("inference", "std"), [58.0, 0.0, 57.0], r"'inference.std' must be positive"),
+    (("inference", "mean"), [123.0], r"'inference.mean' must be a list of 3 values"),
+    (("inference", "crop_size"), "64", r"'inference.crop_size' must be a list"),
+    (("inference", "stride"), [0, 8], r"'inference.stride' must be at least 1"),
+    (("head", "decoder", "num_heads"), -1,
+     r"'head.decoder.num_heads' must be at least 1, got -1"),
+    (("head", "num_queries"), 1.5, r"'head.num_queries' must be an integer, got 1.5"),
+    (("backbone", "init_values"), "1e-6", r"'backbone.init_values' must be a finite number "
+                                          r"or must be null"),
+])
+def test_field_values_are_checked_with_the_field_named(tmp_path, where, value, message):
+    data = json.loads(json.dumps(load_config_file(REFERENCE / "tiny-upstream" / "config.json")
+                                 .to_dict()))
+    node = data
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=message):
+        load_config_file(path)

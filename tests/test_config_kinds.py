@@ -84,7 +84,8 @@ def test_unknown_fields_and_kinds_are_refused():
         config_from_dict(ours)
     ours = config_from_dict(data).to_dict()
     ours["backbone"]["kind"] = "swin"
-    with pytest.raises(ConfigError, match=r"backbone.kind must be one of beit, vit"):
+    with pytest.raises(ConfigError,
+                       match=r"'backbone.kind' must be one of 'beit', 'vit', got 'swin'"):
         config_from_dict(ours)
 
 

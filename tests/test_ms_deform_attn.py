@@ -208,3 +208,16 @@ def test_input_errors(change, message):
     value, locations, weights = make_inputs(shapes, 2, 2, 3, 5, 2)
     with pytest.raises(ValueError, match=message):
         ms_deform_attn(*change(value, shapes, locations, weights))
+
+
+def test_nan_locations_give_nan_as_the_reference_not_an_index_error():
+    shapes = [(4, 5), (3, 2)]
+    value, locations, weights = make_inputs(shapes, 1, 2, 3, 6, 3)
+    locations[0, 1, 0, 0, 0, 0] = float("nan")  # head 0 of query 1
+    locations[0, 3, 1, 1, 2, 1] = float("nan")  # head 1 of query 3
+    fast, reference = fast_and_reference(value, shapes, locations, weights)
+    nan = torch.isnan(reference)
+    assert torch.equal(torch.isnan(fast), nan)
+    assert nan.nonzero().tolist() == [[0, 1, 0], [0, 1, 1], [0, 1, 2], [0, 3, 3], [0, 3, 4],
+                                      [0, 3, 5]]
+    assert_close(fast[~nan], reference[~nan])

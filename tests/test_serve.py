@@ -128,7 +128,8 @@ def test_health_model_and_openapi(server):
     assert (model["crop_size"], model["stride"]) == ([128, 128], [64, 64])
     assert (model["device"], model["behaviour"], model["tta"]) == ("cpu", "official", False)
     assert model["limits"] == {"max_queue": 8, "max_pixels": MAX_PIXELS,
-                               "max_upload_bytes": MAX_UPLOAD, "timeout_seconds": 30.0}
+                               "max_upload_bytes": MAX_UPLOAD, "timeout_seconds": 30.0,
+                               "upload_timeout_seconds": 30.0}
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/segment", "/v1/health", "/v1/model"} <= set(schema["paths"])
     post = schema["paths"]["/v1/segment"]["post"]
@@ -219,6 +220,8 @@ BAD_INPUTS = {
     "truncated PNG": ({"content": PHOTO.read_bytes()[:40_000]}, 422, "truncated"),
     "truncated JPEG": ({"content": encoded(Image.open(PHOTO).convert("RGB"), "JPEG")[:3000]},
                        422, "truncated"),
+    "JPEG cut inside its header": ({"content": encoded(Image.open(PHOTO).convert("RGB"),
+                                                       "JPEG")[:500]}, 422, "truncated"),
     "oversized upload": ({"content": os.urandom(MAX_UPLOAD + 1)}, 413, "larger than the limit"),
     "oversized multipart": ({"files": {"file": ("a.png", os.urandom(2 * MAX_UPLOAD),
                                                 "image/png")}}, 413, "larger than the limit"),

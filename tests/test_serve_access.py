@@ -62,3 +62,31 @@ def test_allowed_origin_gets_cors():
         assert answer.headers["access-control-allow-origin"] == "https://app.example"
         assert c.post("/v1/segment", content=photo_bytes(),
                       headers={"Origin": "https://other.example"}).status_code == 403
+
+
+def test_the_cors_preflight_of_an_allowed_page_needs_no_key():
+    page = "https://app.example"
+    with client(Access(api_key="s3cret", allowed_origins=(page,))) as c:
+        preflight = c.options("/v1/segment", headers={
+            "Origin": page, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == page
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert "authorization" in preflight.headers["access-control-allow-headers"]
+        # the page can read why a request without the key was refused ...
+        refused = c.post("/v1/segment", content=photo_bytes(), headers={"Origin": page})
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == page
+        # ... and with the key it is served
+        served = c.post("/v1/segment", content=photo_bytes(),
+                        headers={"Origin": page, "Authorization": "Bearer s3cret"})
+        assert served.status_code == 200
+        assert served.headers["access-control-allow-origin"] == page
+        # another site's pre-flight gets no CORS headers, its request still 403
+        other = c.options("/v1/segment", headers={
+            "Origin": "https://other.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
+        assert c.post("/v1/segment", content=photo_bytes(), headers={
+            "Origin": "https://other.example", "Authorization": "Bearer s3cret"}
+                      ).status_code == 403

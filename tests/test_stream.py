@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from vitadapter import Segmenter
+from vitadapter import ImageError, Segmenter
 from vitadapter.pipeline.result import SegmentationResult
 from vitadapter.stream import segment_stream
 
 from .conftest import PHOTO, expected
+from .helpers import within
 
 
 def photos() -> list:
@@ -49,3 +51,64 @@ def test_stream_batches_windows_across_photos(segmenter):
     tie = expected("tiny-upstream")["label_map_tie"]
     for _, got in out:
         assert not ((got.label_map != segmenter.segment(PHOTO).label_map) & ~tie).any()
+
+
+def failing_on(bad: int, exc: BaseException, monkeypatch) -> None:
+    """Make preparing photo ``bad`` (an array whose first pixel is ``bad``) raise ``exc``."""
+    import vitadapter.stream as stream
+
+    real = stream.augmented_views
+
+    def views(rgb, *args, **kwargs):
+        if rgb[0, 0, 0] == bad:
+            raise exc
+        return real(rgb, *args, **kwargs)
+
+    monkeypatch.setattr(stream, "augmented_views", views)
+
+
+def marked(*firsts: int) -> list[np.ndarray]:
+    images = []
+    for first in firsts:
+        image = np.full((40, 50, 3), 100, np.uint8)
+        image[0, 0, 0] = first
+        images.append(image)
+    return images
+
+
+@pytest.mark.parametrize(("exc", "message"), [
+    (MemoryError(), "image of type ndarray: not enough memory to segment it"),
+    (cv2.error("resize failed"), "image of type ndarray: OpenCV failed on it"),
+])
+def test_a_photo_error_of_any_kind_is_that_photo_s_result(segmenter, monkeypatch, exc,
+                                                          message):
+    failing_on(7, exc, monkeypatch)
+    out = within(120, lambda: list(segment_stream(segmenter, marked(1, 7, 2))))
+    assert [i for i, _ in out] == [0, 1, 2]
+    assert isinstance(out[1][1], ImageError) and message in str(out[1][1])
+    assert isinstance(out[0][1], SegmentationResult) and isinstance(out[2][1],
+                                                                    SegmentationResult)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("a bug"), KeyError("x"), ZeroDivisionError()])
+def test_any_other_prefetch_error_stops_the_stream_instead_of_hanging(segmenter, monkeypatch,
+                                                                      exc):
+    failing_on(7, exc, monkeypatch)
+    with pytest.raises(type(exc)):
+        within(120, lambda: list(segment_stream(segmenter, marked(1, 7, 2, 3, 4, 5, 6))))
+
+
+def test_memory_error_while_merging_one_photo_is_that_photo_s_error(segmenter, monkeypatch):
+    import vitadapter.stream as stream
+
+    real = stream._Windows.merge
+
+    def merge(self, photo):
+        if photo.item.index == 1:
+            raise MemoryError
+        return real(self, photo)
+
+    monkeypatch.setattr(stream._Windows, "merge", merge)
+    out = within(120, lambda: list(segment_stream(segmenter, marked(1, 2, 3))))
+    assert "not enough memory" in str(out[1][1])
+    assert isinstance(out[2][1], SegmentationResult)

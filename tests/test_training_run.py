@@ -74,9 +74,8 @@ def test_bad_input_gets_one_clear_error(data_root, tmp_path):
         Trainer(settings(data_root, tmp_path / "w3", crop=80))
     narrow = tmp_path / "narrow"
     write_custom(narrow, count=1, size=(64, 64), classes=("background", "square"))
-    with Trainer(settings(narrow, tmp_path / "w4", iters=1, batch_size=1)) as trainer, \
-            pytest.raises(DatasetError, match=r"img0.png holds the label value 2"):
-        trainer.run()
+    with pytest.raises(DatasetError, match=r"img0.png holds the label value 2"):
+        Trainer(settings(narrow, tmp_path / "w4", iters=1, batch_size=1))  # before any model
     assert not (tmp_path / "w4" / CHECKPOINTS).exists()
     code = main(["train", "--config", TINY, "--data-root", str(empty), "--dataset", "custom",
                  "--work-dir", str(tmp_path / "w5")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from vitadapter import CheckpointError, Segmenter, resolve_config
+from vitadapter.files import sha256_of
 from vitadapter.weights.download import cached_weights_path, fetch_weights
 
 from .conftest import CHECKPOINT, PHOTO, assert_official_labels, set_config
@@ -89,12 +91,12 @@ def test_interrupted_download_resumes_and_is_cached(release_zip, cache_home):
         cfg = tiny_config(server.url)
         with pytest.raises(CheckpointError, match="run the same command again to resume"):
             fetch_weights(cfg, progress=False)
-        part = cache_home / "downloads" / "release.zip.part"
+        [part] = (cache_home / "downloads").glob("*release.zip.part")
         assert part.stat().st_size == len(release_zip) // 3
         path = fetch_weights(cfg, progress=False)
         assert server.requests == [None, f"bytes={len(release_zip) // 3}-"]
         assert path == cached_weights_path(cfg) and path.suffix == ".safetensors"
-        assert not (cache_home / "downloads" / "release.zip").exists()
+        assert not list((cache_home / "downloads").glob("*release.zip"))
 
         segmenter = Segmenter(config=cfg, device="cpu")  # no checkpoint: from the cache
         assert len(server.requests) == 2
@@ -161,7 +163,7 @@ def test_a_bad_download_is_deleted_not_reused(bad, release_zip, cache_home):
         with pytest.raises(CheckpointError, match=r"is not the release weights .*it was deleted, "
                                                   r"run the same command again"):
             fetch_weights(cfg, progress=False)
-        assert sorted(p.name for p in (cache_home / "downloads").iterdir()) == [
+        assert [p.name.split("-", 1)[1] for p in (cache_home / "downloads").iterdir()] == [
             "release.zip.lock"]
         assert fetch_weights(cfg, progress=False) == cached_weights_path(cfg)
 
@@ -210,3 +212,49 @@ def test_quiet_logging_silences_the_download_bar(release_zip, cache_home, capsys
         with caplog.at_level(logging.INFO, logger="vitadapter"):
             fetch_weights(cfg)
         assert "download release.zip" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../../../../tmp/escaped", "/abs/olute", "..", "a/b\\c",
+                                  ".hidden", ""])
+def test_a_config_name_is_never_a_cache_path(name, release_zip, cache_home, tmp_path):
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url).replace(name=name)
+        path = fetch_weights(cfg, progress=False)
+    assert path.parent == cache_home and not path.name.startswith(".")
+    assert {p.parent for p in cache_home.rglob("*")} <= {cache_home, cache_home / "downloads"}
+    assert not (tmp_path / "escaped.safetensors").exists()
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["weights_url"] == server.url and record["sha256"] == sha256_of(path)
+
+
+def test_a_custom_config_reusing_a_preset_name_never_shares_its_cache(release_zip, cache_home,
+                                                                      tmp_path):
+    other = tmp_path / "other.zip"
+    other.write_bytes(release_zip)
+    with ReleaseServer(release_zip) as server:
+        preset = tiny_config(server.url)
+        custom = preset.replace(weights_url=other.as_uri())  # same name, its own file
+        mine = fetch_weights(custom, progress=False)
+        assert server.requests == []  # the custom file never stands in for the preset's
+        theirs = fetch_weights(preset, progress=False)
+        assert len(server.requests) == 1 and theirs != mine
+        # An entry carried over from the other source is not used: stored again from the URL
+        for suffix in (".safetensors", ".json"):
+            theirs.with_suffix(suffix).write_bytes(mine.with_suffix(suffix).read_bytes())
+        assert fetch_weights(preset, progress=False) == theirs
+        assert len(server.requests) == 2
+        assert json.loads(theirs.with_suffix(".json").read_text())["weights_url"] == server.url
+        # A file replaced under its own record is refused, naming the file to delete
+        theirs.write_bytes(theirs.read_bytes()[:-8] + b"\0" * 8)
+        with pytest.raises(CheckpointError, match=f"{theirs} changed since they were stored "
+                                                  f".*delete {theirs}"):
+            fetch_weights(preset, progress=False)
+
+
+def test_weights_without_their_record_are_stored_again(release_zip, cache_home):
+    with ReleaseServer(release_zip) as server:
+        cfg = tiny_config(server.url)
+        path = fetch_weights(cfg, progress=False)
+        path.with_suffix(".json").unlink()  # as a kill between the two files leaves it
+        assert fetch_weights(cfg, progress=False) == path
+        assert len(server.requests) == 2 and path.with_suffix(".json").is_file()

@@ -39,3 +39,7 @@ class OnnxModelError(VitAdapterError, ValueError):
 
 class TrainingError(VitAdapterError):
     """A training run that cannot start or continue as asked (work dir, resume, settings)."""
+
+
+class InferenceError(VitAdapterError):
+    """A model whose outputs cannot be used (e.g. non-finite scores from NaN weights)."""

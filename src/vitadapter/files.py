@@ -18,7 +18,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     renamed to ``path`` when the block ends without an exception, and removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp's 0600 would outlive the rename: give the file what open() would
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
@@ -37,9 +40,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # as mkdir would (mkdtemp makes it private)
+        tmp.chmod(0o777 & ~current_umask())  # as mkdir would (mkdtemp makes it private)
         yield tmp
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
@@ -58,6 +59,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system says (Linux), else by
+    setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ from .config.presets import SEED_PRESET
 from .config.schema import Behaviour, ModelConfig, Precision
 from .errors import CheckpointError, ConfigError
 from .pipeline.images import ChannelOrder, load_image
-from .pipeline.merge import LabelMap, merge_views
+from .pipeline.merge import LabelMap, check_finite, merge_views
 from .pipeline.preprocess import View, augmented_views
 from .pipeline.result import SegmentationResult
 from .pipeline.windows import run_windows
@@ -158,9 +158,10 @@ class Segmenter:
         device_merge = device_merge_of(self.runner, "slide_merge")
         if device_merge is not None:
             return device_merge(views, cfg.crop_size, cfg.stride, self.batch_windows)
-        return merge_views([run_windows(v, self.runner, cfg.crop_size, cfg.stride,
-                                        self.batch_windows, cfg.pipeline) for v in views],
-                           logits=self.config.head.kind == "upernet")
+        slides = [run_windows(v, self.runner, cfg.crop_size, cfg.stride, self.batch_windows,
+                              cfg.pipeline) for v in views]
+        check_finite(slides)
+        return merge_views(slides, logits=self.config.head.kind == "upernet")
 
     def scores(self, image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
         """The averaged slide-inference class scores of the single-scale view, before the final

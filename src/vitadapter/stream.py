@@ -16,13 +16,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 
 from .errors import ImageError
 from .pipeline.images import load_image
-from .pipeline.merge import LabelMap, merge_views
+from .pipeline.merge import LabelMap, check_finite, merge_views
 from .pipeline.preprocess import View, augmented_views
 from .pipeline.result import SegmentationResult
 from .pipeline.windows import SlideScores, Window, open_slide
@@ -32,6 +34,21 @@ if TYPE_CHECKING:
     from .segmenter import Segmenter
 
 PREFETCH = 4  # photos decoded ahead per worker (or by the thread)
+# Exceptions that belong to one photo (its decoding, size or content): that photo's result.
+# Any other exception stops the stream and reaches its consumer.
+PHOTO_ERRORS = (ImageError, OSError, ValueError, MemoryError, cv2.error)
+
+
+def photo_error(exc: Exception, image: Any) -> Exception:
+    """``exc``, raised while preparing or merging ``image``, as that photo's error: the
+    library's own kinds as they are, the others as an :class:`ImageError` naming the photo."""
+    if isinstance(exc, ImageError | OSError | ValueError):
+        return exc
+    name = str(image) if isinstance(image, str | Path) else f"image of type {type(image).__name__}"
+    if isinstance(exc, MemoryError):
+        return ImageError(f"{name}: not enough memory to segment it (too large a photo for "
+                          "this machine; downscale it, or refuse it with --max-pixels)")
+    return ImageError(f"{name}: OpenCV failed on it ({getattr(exc, 'err', None) or exc})")
 
 
 @dataclass
@@ -47,18 +64,20 @@ class Prepared:
 class PreparedPhotos:
     """A map-style dataset of photos to :class:`Prepared` items (picklable for workers)."""
 
-    def __init__(self, images: Sequence[Any], segmenter: Segmenter, tta: bool) -> None:
+    def __init__(self, images: Sequence[Any], segmenter: Segmenter, tta: bool,
+                 exif: bool = True) -> None:
         self.images, self.cfg, self.tta = images, segmenter.config.inference, tta
+        self.exif = exif
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Prepared:
         try:
-            rgb = load_image(self.images[index])
+            rgb = load_image(self.images[index], exif=self.exif)
             return Prepared(index, rgb, augmented_views(rgb, self.cfg, self.tta))
-        except (ImageError, OSError, ValueError) as exc:
-            return Prepared(index, error=exc)
+        except PHOTO_ERRORS as exc:
+            return Prepared(index, error=photo_error(exc, self.images[index]))
 
 
 def _first(items: list[Prepared]) -> Prepared:
@@ -66,25 +85,40 @@ def _first(items: list[Prepared]) -> Prepared:
 
 
 def prepared(images: Sequence[Any], segmenter: Segmenter, tta: bool,
-             workers: int) -> Iterator[Prepared]:
-    """The photos prepared ahead of use: by ``workers`` DataLoader processes, or one thread."""
-    dataset = PreparedPhotos(images, segmenter, tta)
+             workers: int, exif: bool = True) -> Iterator[Prepared]:
+    """The photos prepared ahead of use: by ``workers`` DataLoader processes, or one thread.
+    An exception that belongs to no one photo (anything but :data:`PHOTO_ERRORS`) is raised
+    here, in the consumer, instead of ending the thread and leaving the consumer waiting."""
+    dataset = PreparedPhotos(images, segmenter, tta, exif)
     if workers > 0:
         from torch.utils.data import DataLoader
 
         yield from DataLoader(dataset, batch_size=1, num_workers=workers,  # type: ignore
                               collate_fn=_first, prefetch_factor=PREFETCH)
         return
-    ahead: queue.Queue[Prepared | None] = queue.Queue(PREFETCH)
+    ahead: queue.Queue[Prepared | BaseException | None] = queue.Queue(PREFETCH)
+    stop = threading.Event()
 
     def fill() -> None:
-        for i in range(len(dataset)):
-            ahead.put(dataset[i])
-        ahead.put(None)
+        try:
+            for i in range(len(dataset)):
+                if stop.is_set():
+                    return
+                ahead.put(dataset[i])
+            ahead.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put(exc)
 
     threading.Thread(target=fill, daemon=True).start()
-    while (item := ahead.get()) is not None:
-        yield item
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # the consumer stopped early: let the thread end instead of filling the queue
+        stop.set()
+        while not ahead.empty():
+            ahead.get_nowait()
 
 
 @dataclass
@@ -143,27 +177,37 @@ class _Windows:
         if self.forward is not None:
             import torch
 
-            from .backends.torch_merge import merge_on_device
+            from .backends.torch_merge import check_finite_on_device, merge_on_device
 
+            check_finite_on_device(photo.slides)
             with torch.inference_mode():
-                return merge_on_device(photo.slides, logits=logits)
+                try:
+                    return merge_on_device(photo.slides, logits=logits)
+                except torch.cuda.OutOfMemoryError as exc:  # this photo's, as on the CPU
+                    torch.cuda.empty_cache()
+                    raise MemoryError(str(exc)) from None
+        check_finite(photo.slides)
         return merge_views(photo.slides, logits=logits)
 
 
 def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int = 0,
                    batch_windows: int | None = None, tta: bool | None = None,
                    on_windows: Callable[[int, int, int], None] | None = None,
+                   exif: bool = True,
                    ) -> Iterator[tuple[int, SegmentationResult | Exception]]:
     """``(index, result)`` for each image (a path, array or PIL image as
     :func:`~vitadapter.pipeline.images.load_image` takes), in order; ``result`` is the
-    exception instead where the image could not be read. ``on_windows(index, done, total)``
-    is called as the slide windows of a photo are scored (progress inside large photos)."""
+    exception instead where the image could not be read or was too large for the memory
+    (:data:`PHOTO_ERRORS`); any other exception ends the stream. ``on_windows(index, done,
+    total)`` is called as the slide windows of a photo are scored (progress inside large
+    photos). ``exif=False`` reads image files as stored, ignoring their EXIF orientation (for
+    dataset images, whose annotations were drawn on the stored pixels)."""
     images = list(images)
     batch = batch_windows or segmenter.batch_windows
     windows = _Windows(segmenter)
     pending: deque[_Photo] = deque()
     queued: deque[tuple[_Photo, Any, Any, Window]] = deque()
-    source = prepared(images, segmenter, segmenter.tta if tta is None else tta, workers)
+    source = prepared(images, segmenter, segmenter.tta if tta is None else tta, workers, exif)
     exhausted = False
     while not exhausted or queued or pending:
         while not exhausted and len(queued) < batch:
@@ -174,7 +218,10 @@ def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int 
             photo = _Photo(item, time.perf_counter())
             pending.append(photo)
             if item.error is None:
-                queued.extend((photo, *crop) for crop in windows.open(photo))
+                try:
+                    queued.extend((photo, *crop) for crop in windows.open(photo))
+                except MemoryError as exc:  # its image on the device, e.g.
+                    item.error = photo_error(exc, images[item.index])
                 photo.total = photo.missing
         if queued:
             shape = queued[0][3].shape  # a batch stacks crops of one shape
@@ -190,14 +237,17 @@ def segment_stream(segmenter: Segmenter, images: Iterable[Any], *, workers: int 
                     on_windows(photo.item.index, photo.total - photo.missing, photo.total)
         while pending and (pending[0].item.error is not None or pending[0].missing == 0):
             photo = pending.popleft()
-            yield photo.item.index, _finish(photo, windows, segmenter)
+            yield photo.item.index, _finish(photo, windows, segmenter, images)
 
 
-def _finish(photo: _Photo, windows: _Windows,
-            segmenter: Segmenter) -> SegmentationResult | Exception:
+def _finish(photo: _Photo, windows: _Windows, segmenter: Segmenter,
+            images: list[Any]) -> SegmentationResult | Exception:
     if photo.item.error is not None:
         return photo.item.error
-    merged = windows.merge(photo)
+    try:
+        merged = windows.merge(photo)
+    except MemoryError as exc:
+        return photo_error(exc, images[photo.item.index])
     return SegmentationResult(
         label_map=merged.labels, class_names=segmenter.class_names, palette=segmenter.palette,
         confidence=merged.confidence, pixel_count=merged.pixel_count, image=photo.item.rgb,

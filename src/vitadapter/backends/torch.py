@@ -17,7 +17,7 @@ from ..pipeline.preprocess import View
 from ..weights.checkpoint import load_checkpoint
 from .base import ModelInfo
 from .precision import autocast, check_precision, prepare_model
-from .torch_merge import merge_on_device, run_windows_on_device
+from .torch_merge import check_finite_on_device, merge_on_device, run_windows_on_device
 
 
 def default_device() -> str:
@@ -108,4 +108,5 @@ class TorchRunner:
         with torch.inference_mode():
             slides = [run_windows_on_device(v, self.forward, self._device, crop, stride,
                                             batch_windows, pipeline) for v in views]
+            check_finite_on_device(slides)
             return merge_on_device(slides, logits=self.info.config.head.kind == "upernet")

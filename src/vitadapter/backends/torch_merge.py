@@ -28,7 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config.schema import Pipeline
-from ..pipeline.merge import BAND_BYTES, TIE_MARGIN, LabelMap, one_view_band_rows, spans
+from ..errors import InferenceError
+from ..pipeline.merge import (
+    BAND_BYTES,
+    NON_FINITE,
+    TIE_MARGIN,
+    LabelMap,
+    one_view_band_rows,
+    spans,
+)
 from ..pipeline.preprocess import View
 from ..pipeline.windows import SummedScores, Window, batches, open_slide
 from .torch_resample import Taps, device_taps, lerp, resize_rows, resize_width
@@ -60,6 +68,9 @@ class DeviceSlide:
     def add(self, scores: torch.Tensor) -> None:
         """The next window's scores."""
         self.scores.append(scores)
+
+    def score_arrays(self) -> list[torch.Tensor]:
+        return self.scores
 
     def canvas_rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of the averaged canvas, cropped to the unpadded width."""
@@ -101,6 +112,13 @@ def run_windows_on_device(view: View, forward: Callable[[torch.Tensor], torch.Te
         for scores in forward(window_crops(image, chunk)).unbind(0):
             slide.add(scores)
     return slide
+
+
+def check_finite_on_device(slides: Sequence[DeviceSlide | SummedScores]) -> None:
+    """:func:`~vitadapter.pipeline.merge.check_finite` on the slides' device (one sync)."""
+    if not bool(torch.stack([torch.isfinite(s).all() for slide in slides
+                             for s in slide.score_arrays()]).all()):
+        raise InferenceError(NON_FINITE)
 
 
 def merge_on_device(slides: Sequence[DeviceSlide | SummedScores],

@@ -17,7 +17,9 @@ COMMANDS = (segment, evaluate, train, serve, convert, export_onnx, presets)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitadapter",
-        description="ViT-Adapter + Mask2Former semantic segmentation in pure PyTorch.")
+        description="ViT-Adapter semantic segmentation in pure PyTorch: BEiT or plain ViT "
+                    "(DeiT, AugReg) backbones with Mask2Former or UperNet heads; segment, "
+                    "evaluate, fine-tune, serve and export the released models.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
     parser.add_argument("--version", action="version", version=f"vitadapter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

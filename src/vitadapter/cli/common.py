@@ -49,7 +49,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="slide windows per forward pass (default 1)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (default: the official numbers), bf16 (CPU/CUDA autocast), "
-                            "fp16 (CUDA autocast) or int8 (quantised Linear layers, CPU)")
+                            "fp16 (CUDA autocast) or int8 (CPU, experimental: the Linear "
+                            "layers of the ViT blocks' MLPs quantised dynamically, per output "
+                            "channel; the rest stays fp32)")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="allow pickled objects beyond tensors (only for files you trust)")
 

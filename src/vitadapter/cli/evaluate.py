@@ -14,13 +14,17 @@ import numpy as np
 
 from .. import __version__
 from ..config.presets import PRESETS
+from ..data.custom import CLASSES_FILE, CUSTOM, LAYOUT_NAMES, open_layout
 from ..data.datasets import IGNORE_INDEX
 from ..errors import EvaluationError
-from ..evaluation import LAYOUTS, EvalDataset, open_dataset, run_evaluation
+from ..evaluation import LAYOUTS, EvalDataset, run_evaluation
 from ..evaluation.report import format_tables, write_reports
+from ..pipeline.images import load_image
 from ..segmenter import Segmenter
 from ..stream import segment_stream
 from .common import add_model_arguments, prediction_settings, segmenter_from_args
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "--nproc-per-node N each process evaluates a share of the images.")
     p.add_argument("--data-root", required=True, type=Path, metavar="DIR",
                    help="dataset root (see the README for each layout)")
-    p.add_argument("--dataset", required=True, choices=list(LAYOUTS),
-                   help="layout: coco-stuff164k (*_labelTrainIds.png), coco-stuff164k-raw "
-                        "(stuffthingmaps ids, mapped on the fly), ade20k, cityscapes")
+    p.add_argument("--dataset", required=True, choices=LAYOUT_NAMES, metavar="LAYOUT",
+                   help="the dataset's layout (see the README for each): "
+                        + "; ".join(f"{name} (annotations *{layout.label_suffix}: "
+                                    f"{layout.label_note})" for name, layout in LAYOUTS.items())
+                        + f"; {CUSTOM} (your own data as `train` reads it: {CLASSES_FILE}, "
+                          "images/SPLIT, annotations/SPLIT; e.g. a fine-tuned model's val "
+                          "split)")
     p.add_argument("--split", default="val",
                    help="val (default) or train, or a directory name such as val2017")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError(f"--limit must be at least 1, got {args.limit}")
     if (args.resume or args.save_predictions) and args.out is None:
         raise EvaluationError("--resume and --save-predictions need --out DIR")
-    dataset = open_dataset(args.data_root, args.dataset, args.split)
+    dataset = open_layout(args.data_root, args.dataset, args.split)
     if args.model is None and args.config is None:
         args.model = default_preset(dataset)
     shard, args.device = shard_from_environment(args.device)
@@ -65,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if not shard.is_main:
             logging.getLogger().setLevel(logging.WARNING)
         segmenter = segmenter_from_args(args)
-        if segmenter.config.num_classes != dataset.num_classes:
-            raise EvaluationError(
-                f"the model {segmenter.name} predicts {segmenter.config.num_classes} classes "
-                f"but {dataset.name} has {dataset.num_classes}: choose a matching --model")
+        check_classes(segmenter, dataset)
         settings = {
             "dataset": dataset.name, "split": dataset.split,
             "data_root": str(dataset.root.resolve()), "model": segmenter.name,
@@ -76,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
             "behaviour": segmenter.config.behaviour, "tta": segmenter.tta,
             **prediction_settings(args, segmenter),
         }
-        result = run_evaluation(
-            lambda path: segmenter.segment(path).label_map, dataset, settings=settings,
+        result = run_evaluation(  # dataset images as stored (no EXIF rotation), as labelled
+            lambda path: segmenter.segment(load_image(path, exif=False)).label_map, dataset,
+            settings=settings,
             out=args.out, resume=args.resume, limit=args.limit,
             save_predictions=args.save_predictions, shard=shard, progress=not args.quiet,
             predict_stream=lambda paths: label_maps(segmenter, paths))
@@ -106,14 +112,33 @@ def run(args: argparse.Namespace) -> int:
 def label_maps(segmenter: Segmenter, paths: list[Path]) -> Iterator[np.ndarray]:
     """The label maps of ``paths`` through the pipelined stream (an unreadable image stops
     the evaluation, as in the one-photo path)."""
-    for _, result in segment_stream(segmenter, paths):
+    for _, result in segment_stream(segmenter, paths, exif=False):
         if isinstance(result, Exception):
             raise result
         yield result.label_map
 
 
+def check_classes(segmenter: Segmenter, dataset: EvalDataset) -> None:
+    """The model must predict the dataset's classes: their number, and for a ``custom``
+    dataset their names where the model carries some (a fine-tuned model does)."""
+    if segmenter.config.num_classes != dataset.num_classes:
+        hint = (f"pass the config.json and weights of a model trained on its {CLASSES_FILE}"
+                if dataset.name == CUSTOM else "choose a matching --model")
+        raise EvaluationError(
+            f"the model {segmenter.name} predicts {segmenter.config.num_classes} classes "
+            f"but {dataset.name} has {dataset.num_classes}: {hint}")
+    if dataset.name == CUSTOM and tuple(segmenter.class_names) != dataset.class_names:
+        logger.warning("the model's class names %s differ from %s's %s: class id i is "
+                       "reported under the dataset's name", list(segmenter.class_names),
+                       CLASSES_FILE, list(dataset.class_names))
+
+
 def default_preset(dataset: EvalDataset) -> str:
     """The first released model trained on the dataset's classes."""
+    if dataset.name == CUSTOM:
+        raise EvaluationError(
+            f"--dataset {CUSTOM} has no preset: pass the model trained on it, e.g. --config "
+            "WORK_DIR/config.json --checkpoint WORK_DIR/latest.safetensors")
     for name, cfg in PRESETS.items():
         if cfg.dataset == dataset.layout.classes:
             return name

@@ -24,7 +24,7 @@ from ..pipeline.images import check_pixels
 from ..pipeline.result import SegmentationResult
 from ..progress import Progress
 from ..segmenter import Segmenter
-from ..stream import segment_stream
+from ..stream import photo_error, segment_stream
 from . import segment_outputs as outputs
 from .common import (
     add_model_arguments,
@@ -186,6 +186,8 @@ def _written(job: Job, pending: Future[None] | Exception) -> tuple[Job, Exceptio
         pending.result()
     except (ImageError, VitAdapterError, OSError) as exc:
         return job, exc
+    except MemoryError as exc:  # rendering one huge photo's outputs
+        return job, photo_error(exc, job.source)
     return job, None
 
 

@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          help="seconds per request to upload, wait and run; beyond, 504 "
                               "(default 600: a full-size model needs minutes per photo "
                               "on a CPU)")
+    service.add_argument("--upload-timeout", type=_positive(float), default=60.0, metavar="S",
+                         help="seconds for the upload alone, while it holds a place in the "
+                              "queue; beyond, 408 (default 60: slow clients cannot keep "
+                              "every place for --timeout)")
     service.add_argument("--api-key", default=None, metavar="KEY",
                          help="require this key (Authorization: Bearer KEY or X-API-Key: KEY) "
                               "for /v1/segment and /v1/model; default: no authentication, "
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise VitAdapterError(f"'vitadapter serve' needs the serve extra ({exc.name} is not "
                               f"installed): {INSTALL_HINT}") from None
     limits = Limits(max_queue=args.max_queue, max_pixels=args.max_pixels,
-                    max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout)
+                    max_upload_bytes=int(args.max_upload_mb * 2**20), timeout=args.timeout,
+                    upload_timeout=args.upload_timeout)
     failures: list[Exception] = []
 
     def stop(exc: Exception) -> None:  # called from the loading thread, once serving

@@ -12,8 +12,10 @@ imports nothing of the project but its errors: presets (:mod:`.presets`) are ins
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError
 
@@ -279,7 +281,10 @@ class ModelConfig:
 
 
 def validate(cfg: ModelConfig) -> None:
-    """Check the cross-field constraints the architecture relies on."""
+    """Check every field's type and range (:func:`check_fields`), then the cross-field
+    constraints the architecture relies on."""
+    for name in ("backbone", "head", "inference"):
+        check_fields(getattr(cfg, name), name)
     _validate_pipeline(cfg.inference, cfg.head)
     _validate_backbone(cfg.backbone, cfg.inference)
     h = cfg.head
@@ -294,22 +299,100 @@ def validate(cfg: ModelConfig) -> None:
         _validate_mask2former(h)
 
 
+# Sizes and counts that must be at least 1 (other integers may be 0, none negative), floats
+# that must be positive (others only finite), and the largest crop a ViT here can take (its
+# token grid and relative position tables grow with the square of it).
+_AT_LEAST_ONE = frozenset({
+    "img_size", "patch_size", "in_channels", "embed_dim", "depth", "num_heads", "conv_inplane",
+    "n_points", "deform_num_heads", "num_layers", "num_levels", "num_points", "ffn_channels",
+    "num_groups", "pos_num_feats", "feat_channels", "out_channels", "num_queries", "channels",
+    "num_transformer_feat_level", "size_divisor", "strides", "pool_scales", "img_scale",
+    "crop_size", "stride"})
+_POSITIVE = frozenset({"mlp_ratio", "cffn_ratio", "deform_ratio", "norm_eps", "std",
+                       "tta_ratios"})
+_MAX_INT = 2**16
+MAX_CROP = 4096
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """Refuse a field of the config dataclass ``obj`` (and of those inside it) whose value does
+    not have its annotated type (``"64"`` for an int, ``[1.0]`` for three floats, NaN or inf
+    for a float, a bool for a number) or lies out of range, naming the field."""
+    hints = get_type_hints(type(obj))
+    for fld in dataclasses.fields(obj):
+        path = f"{where}.{fld.name}"
+        value = getattr(obj, fld.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, path)
+            continue
+        problem = _type_problem(value, hints[fld.name])
+        if problem is None:
+            problem = _range_problem(fld.name, value)
+        if problem is not None:
+            raise ConfigError(f"'{path}' {problem}, got {value!r}"[:300])
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What ``value`` lacks to be of type ``hint`` (None when it is)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return None if value in args else "must be one of " + ", ".join(map(repr, args))
+    if origin in (Union, UnionType):
+        problems = [_type_problem(value, arg) for arg in args]
+        return None if None in problems else " or ".join(p for p in problems if p)
+    if hint is type(None):
+        return None if value is None else "must be null"
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            return "must be a list"
+        items = args[:1] * len(value) if args[-1:] == (Ellipsis,) else args
+        if len(items) != len(value):
+            return f"must be a list of {len(items)} values"
+        inner = [_type_problem(v, t) for v, t in zip(value, items, strict=True)]
+        return next((f"item {i} {p}" for i, p in enumerate(inner) if p), None)
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else \
+            "must be an integer"
+    if hint is float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a string"
+    return None
+
+
+def _range_problem(name: str, value: Any) -> str | None:
+    values = value if isinstance(value, tuple | list) else (value,)
+    numbers = [v for v in _flat(values) if isinstance(v, int | float)
+               and not isinstance(v, bool)]
+    if name in _POSITIVE and any(v <= 0 for v in numbers):
+        return "must be positive"
+    if name in _AT_LEAST_ONE and any(v < 1 for v in numbers):
+        return "must be at least 1"
+    if any(v < 0 for v in numbers) and name != "mean":
+        return "must not be negative"
+    if any(isinstance(v, int) and v > _MAX_INT for v in numbers):
+        return f"is larger than {_MAX_INT}"
+    if name in ("img_size", "crop_size") and any(v > MAX_CROP for v in numbers):
+        return f"is larger than {MAX_CROP} pixels, more than a ViT crop can be"
+    return None
+
+
+def _flat(values: Any) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        out.extend(_flat(v) if isinstance(v, tuple | list) else [v])
+    return out
+
+
 def _validate_backbone(b: BackboneConfig, inference: InferenceConfig) -> None:
-    if b.kind not in BACKBONE_KINDS:
-        raise ConfigError(
-            f"backbone.kind must be one of {', '.join(BACKBONE_KINDS)}, got {b.kind!r}"
-        )
     if b.img_size % 16 or b.patch_size != 16:
         raise ConfigError(
             f"backbone.img_size must be a multiple of 16 with patch_size 16 "
             f"(got img_size={b.img_size}, patch_size={b.patch_size})"
         )
-    inf = inference
-    if (min(inf.stride) < 1 or inf.size_divisor < 1 or min(inf.img_scale) < 1
-            or min(abs(v) for v in inf.std) == 0):
-        raise ConfigError(f"inference: stride {tuple(inf.stride)}, size_divisor "
-                          f"{inf.size_divisor} and img_scale {tuple(inf.img_scale)} must be "
-                          f"positive and std {tuple(inf.std)} non-zero")
     crop = tuple(inference.crop_size)
     if b.kind == "beit" and crop != (b.img_size, b.img_size):
         raise ConfigError(

@@ -11,15 +11,25 @@ layouts give, so the evaluator and the training reader handle both alike.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
-from .datasets import EvalDataset, Layout, Sample, _find, train_id_table
+from .datasets import (
+    LAYOUTS,
+    EvalDataset,
+    Layout,
+    named_files,
+    open_dataset,
+    pair_samples,
+    train_id_table,
+)
 
 CUSTOM = "custom"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CLASSES_FILE = "classes.json"
+LAYOUT_NAMES = (*LAYOUTS, CUSTOM)  # what ``--dataset`` takes
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,23 @@ class CustomLayout(Layout):
 def read_classes(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
     """Class names and optional palette of a ``classes.json``, checked."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(f"{path} not found: the custom layout needs it, e.g. "
                            '{"classes": ["background", "cat"]}') from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a directory: the custom layout needs a JSON file "
+                           'there, e.g. {"classes": ["background", "cat"]}') from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                           "save it as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DatasetError(f"{path} nests too deeply to be a class list: expected "
+                           '{"classes": ["name", ...]}') from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
     classes = data.get("classes") if isinstance(data, dict) else None
     if (not isinstance(classes, list) or not classes
             or not all(isinstance(c, str) for c in classes)):
@@ -51,6 +72,10 @@ def read_classes(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int
     if len(classes) > 255:
         raise DatasetError(f"{path} names {len(classes)} classes; label PNGs hold ids 0..254 "
                            "(255 = ignore)")
+    duplicates = sorted(c for c, n in Counter(classes).items() if n > 1)
+    if duplicates:
+        raise DatasetError(f"{path} names the class(es) {', '.join(map(repr, duplicates))} more "
+                           "than once: each class id needs a name of its own")
     palette = data.get("palette")
     if palette is None:
         return tuple(classes), None
@@ -73,28 +98,18 @@ def open_custom(root: str | Path, split: str = "train") -> EvalDataset:
     if not image_dir.is_dir():
         raise DatasetError(f"no image directory {image_dir} (custom layout: images/{split}/"
                            f"*.jpg|png, annotations/{split}/*.png, classes.json)")
-    images = sorted(p for suffix in IMAGE_SUFFIXES for p in _find(image_dir, suffix))
+    images = named_files(image_dir, IMAGE_SUFFIXES, "image")
     if not images:
-        raise DatasetError(f"no images (*.jpg, *.png) in {image_dir}")
-    samples, missing = [], []
-    for image in images:
-        name = image.relative_to(image_dir).with_suffix("").as_posix()
-        label = label_dir / (name + ".png")
-        if not label.is_file():
-            missing.append((image, label))
-        samples.append(Sample(name, image, label))
-    if missing:
-        image, label = missing[0]
-        more = f" (and {len(missing) - 1} more images without one)" if len(missing) > 1 else ""
-        raise DatasetError(f"image {image} has no annotation: expected {label}{more}")
-    seen: dict[str, Path] = {}
-    for sample in samples:
-        if sample.name in seen:
-            raise DatasetError(f"{seen[sample.name]} and {sample.image} share the name "
-                               f"{sample.name!r}: keep one image per annotation")
-        seen[sample.name] = sample.image
+        raise DatasetError(f"no images (*.jpg, *.jpeg, *.png, in any letter case) in "
+                           f"{image_dir}")
+    samples = pair_samples(images, label_dir, ".png")
     layout = CustomLayout(
         CUSTOM, CUSTOM, ("images/{split}",), ".png", ("annotations/{split}",), ".png", {},
         train_id_table(len(names)), f"class ids 0..{len(names) - 1} of {CLASSES_FILE}, or 255",
         names=names, palette=palette)
-    return EvalDataset(layout, root, split, image_dir, label_dir, tuple(samples))
+    return EvalDataset(layout, root, split, image_dir, label_dir, samples)
+
+
+def open_layout(root: str | Path, dataset: str, split: str) -> EvalDataset:
+    """A split of the ``custom`` layout or of one of the evaluation layouts."""
+    return open_custom(root, split) if dataset == CUSTOM else open_dataset(root, dataset, split)

@@ -8,6 +8,7 @@ are reported with the file name instead of being silently dropped. numpy + Pillo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
 from ..pipeline.classes import DATASETS
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 
@@ -168,30 +171,67 @@ def open_dataset(root: str | Path, dataset: str, split: str = "val") -> EvalData
     if image_dir is None or label_dir is None:
         raise DatasetError(_layout_message(root, layout, split))
     if layout.split_file is None:
-        images = sorted(_find(image_dir, layout.image_suffix))
-        names = [i.relative_to(image_dir).as_posix()[:-len(layout.image_suffix)] for i in images]
+        images = named_files(image_dir, (layout.image_suffix,), "image")
     else:
         names = _split_names(root / layout.split_file.format(split=split_dir), layout)
-        images = [image_dir / (name + layout.image_suffix) for name in names]
-        absent = [i for i in images if not i.is_file()]
+        images = {name: image_dir / (name + layout.image_suffix) for name in names}
+        absent = [i for i in images.values() if not i.is_file()]
         if absent:
             more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
             raise DatasetError(f"image {absent[0]} listed in the split file is missing{more}")
-    samples = []
-    missing = []
-    for name, image in zip(names, images, strict=True):
-        label = label_dir / (name + layout.label_suffix)
-        if not label.is_file():
-            missing.append((image, label))
-        samples.append(Sample(name, image, label))
-    if not samples:
+    if not images:
         raise DatasetError(f"no *{layout.image_suffix} images in {image_dir} (the "
-                           f"{layout.name} layout)")
+                           f"{layout.name} layout; suffixes in any letter case)")
+    # The annotation folder of a split-file layout holds every split's: no orphans there.
+    samples = pair_samples(images, label_dir, layout.label_suffix,
+                           report_orphans=layout.split_file is None)
+    return EvalDataset(layout, root, split_dir, image_dir, label_dir, samples)
+
+
+def named_files(directory: Path, suffixes: Sequence[str], kind: str) -> dict[str, Path]:
+    """The files below ``directory`` whose names end in one of ``suffixes`` in any letter case
+    (``IMG_1.JPG`` is a ``.jpg``), by name: the path relative to ``directory`` without the
+    suffix, in sorted order. Two ``kind`` files of one name (``a.png`` and ``a.PNG``, or
+    ``a.jpg`` and ``a.png``) are refused: which one is meant is unknown."""
+    lowered = tuple(suffix.lower() for suffix in suffixes)
+    found: dict[str, Path] = {}
+    for path in sorted(_files(directory)):
+        relative = path.relative_to(directory).as_posix()
+        suffix = next((s for s in lowered if relative.lower().endswith(s)), None)
+        if suffix is None:
+            continue
+        name = relative[:-len(suffix)]
+        if name in found:
+            raise DatasetError(f"{found[name]} and {path} share the name {name!r}: keep one "
+                               f"{kind} per name")
+        found[name] = path
+    return found
+
+
+def pair_samples(images: Mapping[str, Path], label_dir: Path, label_suffix: str, *,
+                 report_orphans: bool = True) -> tuple[Sample, ...]:
+    """Each image with the annotation of its name (``label_suffix`` in any letter case); an
+    image without one is refused, annotations without an image are reported (a warning: they
+    are not used, often the sign of an image with another extension)."""
+    labels = named_files(label_dir, (label_suffix,), "annotation")
+    samples, missing = [], []
+    for name, image in images.items():
+        label = labels.get(name)
+        if label is None:
+            missing.append((image, label_dir / (name + label_suffix)))
+        else:
+            samples.append(Sample(name, image, label))
     if missing:
-        image, label = missing[0]
+        image, expected = missing[0]
         more = f" (and {len(missing) - 1} more images without one)" if len(missing) > 1 else ""
-        raise DatasetError(f"image {image} has no annotation: expected {label}{more}")
-    return EvalDataset(layout, root, split_dir, image_dir, label_dir, tuple(samples))
+        raise DatasetError(f"image {image} has no annotation: expected {expected}{more}")
+    orphans = [path for name, path in labels.items() if name not in images]
+    if orphans and report_orphans:
+        more = f" and {len(orphans) - 1} more" if len(orphans) > 1 else ""
+        logger.warning("%d annotation(s) without an image, not used: %s%s (is its image "
+                       "named the same, with a supported extension?)", len(orphans),
+                       orphans[0], more)
+    return tuple(samples)
 
 
 def _split_names(path: Path, layout: Layout) -> list[str]:
@@ -245,9 +285,9 @@ def _first_dir(root: Path, patterns: tuple[str, ...], split: str) -> Path | None
     return None
 
 
-def _find(directory: Path, suffix: str) -> list[Path]:
-    """Files ending in ``suffix`` below ``directory`` (recursively, hidden entries skipped)."""
-    return [p for p in directory.rglob(f"*{suffix}")
+def _files(directory: Path) -> list[Path]:
+    """The files below ``directory`` (recursively, hidden entries skipped)."""
+    return [p for p in directory.rglob("*")
             if p.is_file() and not any(part.startswith(".")
                                        for part in p.relative_to(directory).parts)]
 

@@ -48,6 +48,9 @@ def random_resize(img: np.ndarray, label: np.ndarray, img_scale: tuple[int, int]
     scale = (int(img_scale[0] * ratio), int(img_scale[1] * ratio))
     height, width = img.shape[:2]
     new_h, new_w = rescale_size(height, width, scale)
+    if min(new_h, new_w) < 1:
+        raise ValueError(f"resized to the scale {scale} (ratio {ratio:.3f} of {img_scale}) it "
+                         f"would be {new_w}x{new_h} pixels")
     img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
     return img, label

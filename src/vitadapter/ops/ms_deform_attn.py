@@ -156,7 +156,9 @@ class _Plan:
                               self.sizes)
         mask = (pixel >= self.lowest) & (pixel <= self.sizes) if inside else None
         pixel.clamp_(self.lowest, self.sizes)  # beyond that only the border is read
-        low = pixel.floor()
+        # A NaN location (a model with NaN weights) reads a border row with a NaN weight: the
+        # output is NaN, as the reference path gives, instead of an index out of range.
+        low = pixel.floor().nan_to_num_(nan=-1.0)
         frac = pixel.sub_(low)
         # Float32 row arithmetic within a level is exact (_fast_path_exact).
         top_left = torch.addcmul(low[..., 0], low[..., 1], self.row_widths).to(self.index_dtype)

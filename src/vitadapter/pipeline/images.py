@@ -20,7 +20,8 @@ ChannelOrder = Literal["rgb", "bgr"]
 MAX_DOWNLOAD_BYTES = 200 * 2**20
 
 
-def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray:
+def load_image(image: Any, *, channel_order: ChannelOrder = "rgb",
+               exif: bool = True) -> np.ndarray:
     """Any supported input as an (H, W, 3) uint8 RGB array.
 
     Accepted: a path or ``http(s)://`` URL; encoded bytes or a file object (``open(...,
@@ -29,20 +30,25 @@ def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray
     array (H, W, 3|4) or (H, W) of uint8 (uint16, bool, and float in [0, 1] are converted) in
     RGB order, or BGR with ``channel_order="bgr"`` (arrays from OpenCV); a torch tensor
     (C, H, W) or (1, C, H, W), uint8 0..255 or float 0..1, in the same channel order.
+
+    Encoded images and PIL images are turned upright by their EXIF orientation, as a photo
+    viewer shows them; ``exif=False`` keeps the stored pixels (dataset images: their
+    annotations were drawn on those). Errors name the image first (``<path>: ...``).
     """
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     if isinstance(image, str | Path):
         text = str(image)
         if text.startswith(("http://", "https://")):
-            return decode_image(_download(text), text)
-        return read_image_file(Path(text))
+            return decode_image(_download(text), text, exif=exif)
+        return read_image_file(Path(text), exif=exif)
     if isinstance(image, bytes | bytearray | memoryview):
-        return decode_image(bytes(image), "the image bytes")
+        return decode_image(bytes(image), "the image bytes", exif=exif)
     if hasattr(image, "read"):  # an open file or io.BytesIO
-        return decode_image(image.read(), str(getattr(image, "name", "the file object")))
+        return decode_image(image.read(), str(getattr(image, "name", "the file object")),
+                            exif=exif)
     if isinstance(image, Image.Image):
-        return pil_to_rgb(image)
+        return pil_to_rgb(image, exif=exif)
     if isinstance(image, np.ndarray):
         return array_to_rgb(image, channel_order)
     if type(image).__module__.split(".")[0] == "torch":  # no torch import for the ONNX path
@@ -52,26 +58,27 @@ def load_image(image: Any, *, channel_order: ChannelOrder = "rgb") -> np.ndarray
                      "(3, H, W) tensor")
 
 
-def read_image_file(path: Path) -> np.ndarray:
+def read_image_file(path: Path, *, exif: bool = True) -> np.ndarray:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
+        raise ImageError(f"{path}: image not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{path} is a directory, not an image") from None
+        raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as exc:
-        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image(data, str(path))
+        raise ImageError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return decode_image(data, str(path), exif=exif)
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
+def decode_image(data: bytes, name: str, *, exif: bool = True) -> np.ndarray:
     """Decode encoded image bytes to RGB. OpenCV first (what the official code uses, EXIF
-    orientation applied), Pillow for formats OpenCV lacks."""
+    orientation applied unless ``exif=False``), Pillow for formats OpenCV lacks."""
     if not data:
         raise ImageError(f"{name}: empty file, not an image")
     buffer = np.frombuffer(data, np.uint8)
+    flags = cv2.IMREAD_COLOR if exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     try:
-        decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(buffer, flags)
     except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV allows
         raise ImageError(f"{name}: OpenCV cannot decode it ({getattr(exc, 'err', exc)})"
                          ) from None
@@ -80,7 +87,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return pil_to_rgb(img)
+            return pil_to_rgb(img, exif=exif)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image (unknown format, or damaged)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -107,8 +114,9 @@ def check_pixels(path: Path, max_pixels: int) -> None:
                          f"--max-pixels {max_pixels}; raise it to segment this photo")
 
 
-def pil_to_rgb(img: Image.Image) -> np.ndarray:
-    img = ImageOps.exif_transpose(img)
+def pil_to_rgb(img: Image.Image, *, exif: bool = True) -> np.ndarray:
+    if exif:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img)
         gray = _to_uint8(arr)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InferenceError
 from .cell_grid import CellGrid
 from .preprocess import View
 from .resample import LinearTaps, linear_taps, resize_rows, resize_width
@@ -44,6 +45,9 @@ from .windows import SlideScores, SummedScores
 
 # Bytes of float64 temporaries a merge band may use.
 BAND_BYTES = 64 * 2**20
+NON_FINITE = ("the model produced non-finite scores (NaN or inf): its weights hold NaN or inf "
+              "values (a diverged training run or a damaged checkpoint), or --precision fp16 "
+              "overflowed (try bf16 or fp32)")
 # Scores further than this (times max(1, |top score|)) below the top one have a softmax
 # probability below the top one's by far more than float32 rounding: they cannot win or tie.
 TIE_MARGIN = 1e-5
@@ -59,6 +63,13 @@ class LabelMap:
     labels: np.ndarray        # (H, W) int64 class ids
     confidence: np.ndarray    # (C,) mean posterior of the class over its pixels (0 if absent)
     pixel_count: np.ndarray   # (C,) pixels per class
+
+
+def check_finite(views: Sequence[SlideScores | SummedScores]) -> None:
+    """Refuse window scores that are not all finite (NaN weights, fp16 overflow) with an error
+    that says so, before a merge turns them into a label map of one class."""
+    if not all(np.isfinite(scores).all() for view in views for scores in view.score_arrays()):
+        raise InferenceError(NON_FINITE)
 
 
 def merge_views(views: Sequence[SlideScores | SummedScores], band_rows: int | None = None,

@@ -98,6 +98,9 @@ class SlideScores:
         """The next window's scores."""
         self.scores.append(scores)
 
+    def score_arrays(self) -> list[np.ndarray]:
+        return self.scores
+
     def canvas_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the averaged canvas, cropped to the unpadded width:
         (C, stop - start, w) float32, exactly as the whole canvas would hold them."""
@@ -166,6 +169,9 @@ class SummedScores:
         self.total[:, window.y1:window.y2, window.x1:window.x2] += scores
         self.count[window.y1:window.y2, window.x1:window.x2] += 1
         self.added += 1
+
+    def score_arrays(self) -> list[Any]:
+        return [self.total]
 
     def canvas_rows(self, start: int, stop: int) -> Any:
         """Rows ``start:stop`` of the canvas (sums / window counts), (C, stop - start, w)."""

@@ -40,11 +40,6 @@ class Access:
 
 
 def add_access_control(app: FastAPI, access: Access) -> None:
-    if access.allowed_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(access.allowed_origins),
-                           allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "x-api-key", "content-type"])
-
     @app.middleware("http")
     async def guard(request: Request,
                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -54,6 +49,14 @@ def add_access_control(app: FastAPI, access: Access) -> None:
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return JSONResponse({"error": message}, status, headers=headers)
         return await call_next(request)
+
+    if access.allowed_origins:
+        # Added last, so outermost: it answers the pre-flight (OPTIONS, which browsers send
+        # without the key) before the guard, and puts its headers on the guard's refusals too,
+        # so that an allowed page can read why it was refused.
+        app.add_middleware(CORSMiddleware, allow_origins=list(access.allowed_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type"])
 
 
 def _own_origin(request: Request) -> str:

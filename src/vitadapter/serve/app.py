@@ -109,7 +109,8 @@ def create_app(segmenter: SegmenterLike | None = None, *,
             description="format=json: add the overlay PNG as a data URL")] = False,
     ) -> Response | SegmentBody:
         """Segment the uploaded image. Requests beyond ``max_queue`` get 503 with Retry-After;
-        each has ``timeout_seconds`` to be uploaded, wait and run (504 beyond)."""
+        each has ``upload_timeout_seconds`` to be uploaded (408 beyond) and
+        ``timeout_seconds`` in all to be uploaded, wait and run (504 beyond)."""
         arrived = time.perf_counter()
         segmenter, ticket = await _admit(request, slot, queue, limits)
         use_tta = segmenter.tta if tta is None else tta
@@ -140,7 +141,7 @@ async def _admit(request: Request, slot: ModelSlot, queue: InferenceQueue,
         {"Retry-After": str(queue.retry_after())})
     with suppress(asyncio.TimeoutError):
         await asyncio.wait_for(discard_body(request.stream(), limits.max_upload_bytes),
-                               limits.timeout)
+                               limits.upload_deadline)
     raise refusal
 
 
@@ -152,8 +153,9 @@ async def _run(request: Request, ticket: Ticket, queue: InferenceQueue, limits: 
     submitted = False
     try:
         upload = _within(
-            read_body(request.stream(), limits.max_upload_bytes), limits.timeout,
-            ServiceError(408, f"the upload did not arrive within {limits.timeout:g} s"))
+            read_body(request.stream(), limits.max_upload_bytes), limits.upload_deadline,
+            ServiceError(408, f"the upload did not arrive within {limits.upload_deadline:g} "
+                              "s (--upload-timeout)"))
         # Off the event loop: parsing a 20 MB form takes tens of milliseconds. Only the image
         # is kept for the queue, not the whole body.
         data = await asyncio.to_thread(checked_image, await upload,

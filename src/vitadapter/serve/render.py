@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from ..errors import ImageError
+from ..errors import ImageError, InferenceError
 from ..pipeline.images import decode_image
 from ..pipeline.result import SegmentationResult
 from .errors import ServiceError
@@ -30,6 +30,8 @@ def segment_and_render(segmenter: SegmenterLike, data: bytes, tta: bool,
         result = segmenter.segment(decode_image(data, "the upload"), tta=tta)
     except ImageError as exc:
         raise ServiceError(422, str(exc)) from None
+    except InferenceError as exc:  # the model's fault, said plainly
+        raise ServiceError(500, str(exc)) from None
     return render(result), start, time.perf_counter() - start
 
 
@@ -68,5 +70,6 @@ def model_info(segmenter: SegmenterLike, limits: Limits) -> dict[str, Any]:
         "behaviour": cfg.behaviour, "tta": segmenter.tta,
         "limits": {"max_queue": limits.max_queue, "max_pixels": limits.max_pixels,
                    "max_upload_bytes": limits.max_upload_bytes,
-                   "timeout_seconds": limits.timeout},
+                   "timeout_seconds": limits.timeout,
+                   "upload_timeout_seconds": limits.upload_deadline},
     }

@@ -58,7 +58,9 @@ class LimitsBody(BaseModel):
                                        "running); beyond, 503 with Retry-After")
     max_pixels: int = Field(description="largest image, in pixels (413 beyond)")
     max_upload_bytes: int = Field(description="largest request body (413 beyond)")
-    timeout_seconds: float = Field(description="per request (504 beyond)")
+    timeout_seconds: float = Field(description="per request: upload, wait and run (504 "
+                                               "beyond)")
+    upload_timeout_seconds: float = Field(description="for the upload alone (408 beyond)")
 
 
 class ModelBody(BaseModel):

@@ -45,6 +45,13 @@ class Limits:
     max_pixels: int = 40_000_000
     max_upload_bytes: int = 20 * 2**20
     timeout: float = 600.0
+    # The upload alone (the request holds a queue place meanwhile): short, so that slow or
+    # stalled clients cannot keep every place for the whole ``timeout``.
+    upload_timeout: float = 60.0
+
+    @property
+    def upload_deadline(self) -> float:
+        return min(self.upload_timeout, self.timeout)
 
 
 class ModelSlot:

@@ -131,9 +131,35 @@ def check_image(data: bytes, max_pixels: int) -> None:
             width, height = img.size
     except Image.DecompressionBombError as exc:
         raise ServiceError(413, f"too many pixels: {exc}") from None
-    except Exception:  # Pillow's plugins raise many kinds on garbage
+    except Exception as exc:  # Pillow's plugins raise many kinds on garbage
+        kind = signature_format(data)
+        if kind is not None:  # the start of a supported image, cut short or damaged
+            raise ServiceError(422, f"a {kind} image that is truncated or damaged: its header "
+                                    f"cannot be read ({exc})") from None
         raise ServiceError(415, "not an image of a supported format (JPEG, PNG, WebP, BMP, "
                                 "TIFF, GIF, PPM or JPEG 2000)") from None
     if width * height > max_pixels:
         raise ServiceError(413, f"the image has {width}x{height} = {width * height} pixels, "
                                 f"more than the limit of {max_pixels} (--max-pixels)")
+
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
+
+
+def signature_format(data: bytes) -> str | None:
+    """The supported format whose signature ``data`` starts with, if any (the first bytes of
+    a file, which a truncated upload still has)."""
+    for prefix, kind in _SIGNATURES:
+        if data.startswith(prefix):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM" and len(data) >= 6:
+        return "BMP"
+    if len(data) >= 3 and data[:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
+        return "PPM"
+    return None

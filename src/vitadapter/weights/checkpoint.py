@@ -205,6 +205,24 @@ def _is_torch_zip(path: Path) -> bool:
         return any(n.endswith("data.pkl") for n in zf.namelist())
 
 
+# Weights barely compress (a release checkpoint shrinks by a few percent in its zip); an
+# archive member claiming much more than this over its compressed size is no checkpoint.
+MAX_EXTRACT_RATIO = 20
+MAX_EXTRACT_BYTES = 16 * 2**30
+
+
+def _check_extracted_size(path: Path, member: zipfile.ZipInfo) -> None:
+    """Refuse a member that would extract to far more than a checkpoint's size, before anything
+    is written (zipfile never extracts past the size the archive declares)."""
+    limit = min(MAX_EXTRACT_BYTES, MAX_EXTRACT_RATIO * member.compress_size + 2**20)
+    if member.file_size > limit:
+        raise CheckpointError(
+            f"{path}: {member.filename} would extract to {member.file_size / 2**20:.0f} MB from "
+            f"{member.compress_size / 2**20:.1f} MB compressed, more than a checkpoint can be "
+            f"(at most {MAX_EXTRACT_RATIO}x its compressed size and "
+            f"{MAX_EXTRACT_BYTES // 2**30} GiB): refused, nothing was extracted")
+
+
 def _read_release_zip(path: Path, trust_checkpoint: bool) -> Checkpoint:
     with zipfile.ZipFile(path) as zf:
         members = [i for i in zf.infolist() if not i.is_dir()
@@ -216,6 +234,7 @@ def _read_release_zip(path: Path, trust_checkpoint: bool) -> Checkpoint:
             raise CheckpointError(f"{path}: the zip holds {what} (.pth/.pth.tar/.pt); "
                                   f"contents: {names}")
         member = members[0]
+        _check_extracted_size(path, member)
         with tempfile.TemporaryDirectory(prefix="vitadapter-") as tmp:
             target = Path(tmp) / Path(member.filename).name
             try:
@@ -281,15 +300,44 @@ def _normalise(obj: Any, source: str) -> Checkpoint:
     if auxiliary:
         logger.info("%s: has the auxiliary FCN head (%d keys): loaded for training, unused at "
                     "inference", source, auxiliary)
-    classes = meta.get("CLASSES")
-    palette = meta.get("PALETTE")
     return Checkpoint(
         state_dict=tensors,
-        classes=[str(c) for c in classes] if classes is not None else None,
-        palette=[[int(v) for v in rgb] for rgb in palette] if palette is not None else None,
+        classes=_meta_classes(meta.get("CLASSES"), source),
+        palette=_meta_palette(meta.get("PALETTE"), source),
         source=source,
         ignored_keys=ignored,
     )
+
+
+def _meta_classes(classes: Any, source: str) -> list[str] | None:
+    """The class names of a checkpoint's ``meta`` (a list or tuple of strings), checked."""
+    if classes is None:
+        return None
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{source}: its meta CLASSES is {_shown(classes)}, not a list of "
+                              "class names; fix or remove it (e.g. convert the file without "
+                              "it), or pass --config with the classes")
+    return list(classes)
+
+
+def _meta_palette(palette: Any, source: str) -> list[list[int]] | None:
+    """The palette of a checkpoint's ``meta`` ([r, g, b] integers 0..255 per class), checked."""
+    if palette is None:
+        return None
+    if isinstance(palette, np.ndarray):
+        palette = palette.tolist()
+    if (not isinstance(palette, list | tuple)
+            or not all(isinstance(rgb, list | tuple | np.ndarray) and len(rgb) == 3
+                       and all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                               and 0 <= v <= 255 for v in rgb) for rgb in palette)):
+        raise CheckpointError(f"{source}: its meta PALETTE is {_shown(palette)}, not a list of "
+                              "[r, g, b] colours (integers 0..255); fix or remove it")
+    return [[int(v) for v in rgb] for rgb in palette]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def _meta_from_safetensors(metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -368,9 +416,11 @@ def _likely_cause(problems: dict[str, list[str]], expected: Mapping[str, torch.T
         return ("the checkpoint holds the adapter and head without the ViT (as Meta distributes "
                 "its DINOv3 segmentor): pass the backbone file too (backbone_checkpoint=..., "
                 "--backbone-checkpoint)")
-    if any(k.startswith("auxiliary_head.") for k in problems["unexpected"]):
-        return ("this is an UperNet checkpoint and the model is Mask2Former: pass the "
-                "checkpoint's config (--config; a training work dir's config.json)")
+    theirs_kind, ours_kind = _head_kind(given), _head_kind(expected)
+    if theirs_kind and ours_kind and theirs_kind != ours_kind:
+        return (f"this is a {theirs_kind} checkpoint and the model is {ours_kind}: pass the "
+                f"config it was trained with (a {theirs_kind} preset with --model, or a "
+                "training work dir's config.json with --config)")
     if given and not any(k.startswith(("backbone.", "decode_head.")) for k in given):
         return ("the keys carry no 'backbone.'/'decode_head.' prefix: this looks like "
                 "pretrained backbone weights, not a segmentation checkpoint")
@@ -385,6 +435,13 @@ def _vit_names(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
 
     return [k.removeprefix("backbone.") for k in state_dict
             if k.startswith("backbone.") and k.split(".")[1] in VIT_PARTS]
+def _head_kind(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The head a state dict's keys belong to: UperNet (pyramid pooling) or Mask2Former."""
+    if any(k.startswith("decode_head.psp_modules.") for k in state):
+        return "UperNet"
+    if any(k.startswith("decode_head.transformer_decoder.") for k in state):
+        return "Mask2Former"
+    return None
 
 
 def _crop_from_table(rows: int) -> int:

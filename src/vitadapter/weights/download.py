@@ -2,15 +2,25 @@
 
 The cache lives in ``$VITADAPTER_HOME`` (default ``~/.cache/vitadapter``). A preset's release
 file is downloaded once (resuming an interrupted transfer), checked (the zip's CRCs, then every
-key and shape against the preset's model), and stored as ``<preset>.safetensors`` for fast,
-pickle-free loads; the downloaded archive is then removed.
+key and shape against the preset's model), and stored for fast, pickle-free loads; the
+downloaded archive is then removed.
+
+A cache entry is named after the source, never after the config alone: ``<name>-<hash>``, the
+config's name reduced to a safe file-name component and the first 16 hex digits of the SHA-256
+of the weights URL. Next to ``<entry>.safetensors`` lies ``<entry>.json`` (written last) with
+the URL, the pinned archive SHA-256 and the SHA-256 of the stored file: an entry is used only
+for the same URL and pin, and only while its content still has that SHA-256, so a custom config
+reusing a preset's name can never fill or take that preset's entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 import zipfile
@@ -21,7 +31,7 @@ from filelock import FileLock
 
 from ..config.schema import ModelConfig
 from ..errors import CheckpointError
-from ..files import sha256_of
+from ..files import atomic_path, sha256_of, write_text_atomic
 from ..progress import Progress
 from .checkpoint import Checkpoint, apply_state_dict, read_checkpoint, write_safetensors
 
@@ -36,8 +46,52 @@ def cache_dir() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "vitadapter"
 
 
+def safe_component(text: str, fallback: str) -> str:
+    """``text`` as one harmless file-name component: letters, digits, ``.``, ``_`` and ``-``
+    only, no leading dot (so never ``..`` or hidden), at most 64 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".")[:64]
+    return cleaned or fallback
+
+
+def _source_key(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+
+
 def cached_weights_path(cfg: ModelConfig) -> Path:
-    return cache_dir() / f"{cfg.name}.safetensors"
+    """Where the release weights of ``cfg`` are cached: named after its weights URL (and a
+    safe form of its name), inside :func:`cache_dir` whatever the name holds."""
+    stem = f"{safe_component(cfg.name, 'model')}-{_source_key(cfg.weights_url or '')}"
+    return cache_dir() / f"{stem}.safetensors"
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_suffix(".json")
+
+
+def _source_record(cfg: ModelConfig) -> dict[str, str | None]:
+    return {"weights_url": cfg.weights_url, "weights_sha256": cfg.weights_sha256}
+
+
+def _cached(cfg: ModelConfig, target: Path) -> bool:
+    """Whether ``target`` holds the weights of ``cfg``'s source: its record names the same URL
+    and pin, and the file's SHA-256 is the one recorded when it was stored. A file without a
+    record (a store interrupted before writing it) is not an entry: it is stored again."""
+    record_path = _record_path(target)
+    if not target.is_file() or not record_path.is_file():
+        return False
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(record, dict) or any(record.get(key) != value
+                                           for key, value in _source_record(cfg).items()):
+        return False
+    if record.get("sha256") != sha256_of(target):
+        raise CheckpointError(
+            f"the cached weights {target} changed since they were stored from "
+            f"{cfg.weights_url} (SHA-256 {sha256_of(target)}, stored "
+            f"{record.get('sha256')}): delete {target} and run again to download them again")
+    return True
 
 
 def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
@@ -49,19 +103,21 @@ def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
         progress = logger.isEnabledFor(logging.INFO)
     if cfg.weights_access:
         raise CheckpointError(gated_message(cfg))
-    target = cached_weights_path(cfg)
-    if target.is_file():
-        return target
     if not cfg.weights_url:
         raise CheckpointError(f"model {cfg.name!r} has no release weights to download: pass "
                               "a checkpoint file (checkpoint=... / --checkpoint PATH)")
-    name = Path(urlparse(cfg.weights_url).path).name or f"{cfg.name}.zip"
+    target = cached_weights_path(cfg)
+    if _cached(cfg, target):
+        return target
+    # One download per URL, whatever the configs naming it are called.
+    name = safe_component(Path(urlparse(cfg.weights_url).path).name, "weights")
     downloads = cache_dir() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(downloads / f"{name}.lock")):
-        if target.is_file():  # stored by another process while this one waited
+    archive_path = downloads / f"{_source_key(cfg.weights_url)}-{name}"
+    with FileLock(str(archive_path) + ".lock"):
+        if _cached(cfg, target):  # stored by another process while this one waited
             return target
-        archive = download(cfg.weights_url, downloads / name, progress=progress)
+        archive = download(cfg.weights_url, archive_path, progress=progress, label=name)
         try:
             ckpt = verify_release(cfg, archive)
         except CheckpointError as exc:
@@ -70,9 +126,11 @@ def fetch_weights(cfg: ModelConfig, *, progress: bool | None = None) -> Path:
                 f"the file downloaded from {cfg.weights_url} is not the release weights "
                 f"({exc}); it was deleted, run the same command again to download it again"
             ) from None
-        partial = target.with_name(target.name + ".tmp.safetensors")
-        write_safetensors(ckpt, partial)
-        os.replace(partial, target)
+        _record_path(target).unlink(missing_ok=True)  # no record until the new file is whole
+        with atomic_path(target) as partial:
+            write_safetensors(ckpt, partial)
+        record = {**_source_record(cfg), "config_name": cfg.name, "sha256": sha256_of(target)}
+        write_text_atomic(_record_path(target), json.dumps(record, indent=2) + "\n")
         archive.unlink()
     logger.info("stored %s", target)
     return target
@@ -118,8 +176,9 @@ def verify_release(cfg: ModelConfig, archive: Path) -> Checkpoint:
     return ckpt
 
 
-def download(url: str, dest: Path, *, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest``, resuming a previous partial transfer (``dest.part``)."""
+def download(url: str, dest: Path, *, progress: bool = True, label: str | None = None) -> Path:
+    """Download ``url`` to ``dest``, resuming a previous partial transfer (``dest.part``);
+    ``label`` names it on the progress bar (default: the file name)."""
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +193,7 @@ def download(url: str, dest: Path, *, progress: bool = True) -> Path:
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # our partial file is unusable: start over
             part.unlink()
-            return download(url, dest, progress=progress)
+            return download(url, dest, progress=progress, label=label)
         raise CheckpointError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -149,10 +208,11 @@ def download(url: str, dest: Path, *, progress: bool = True) -> Path:
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         if resumed:
-            logger.info("resuming %s at %.1f MiB", dest.name, offset / 2**20)
+            logger.info("resuming %s at %.1f MiB", label or dest.name, offset / 2**20)
         received = offset
         with open(part, "ab" if resumed else "wb") as out, \
-                Progress(total, f"download {dest.name}", unit="B", enabled=progress) as bar:
+                Progress(total, f"download {label or dest.name}", unit="B",
+                         enabled=progress) as bar:
             bar.advance(offset)
             try:
                 while chunk := response.read(_CHUNK):

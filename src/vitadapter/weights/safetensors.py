@@ -9,6 +9,7 @@ weights or crash the process with SIGBUS.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,7 +57,8 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path,
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Memory-map a safetensors file; returns ``(tensors, metadata)``."""
+    """Read a safetensors file into memory of our own; returns ``(tensors, metadata)``. The
+    header is checked completely (:func:`_entries`) before the data is read."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -67,34 +69,89 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         if length > min(_MAX_HEADER, size - 8):
             raise CheckpointError(f"{path}: corrupt or truncated safetensors header")
         try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = json.loads(f.read(length), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors header") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header")
-    metadata = header.pop("__metadata__", None) or {}
-    data = _read_private(path, size)
+        except RecursionError:
+            raise CheckpointError(f"{path}: corrupt safetensors header (nested too deeply)"
+                                  ) from None
     base = 8 + length
+    entries, metadata = _entries(path, header, size - base)
+    data = _read_private(path, size)
     tensors = {}
-    for name, info in header.items():
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            start, end = (int(v) for v in info["data_offsets"])
-            shape = [int(s) for s in info["shape"]]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: bad header entry for {name!r}") from None
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        count = 1
-        for s in shape:
-            count *= s
-        if end - start != count * itemsize or base + end > size or start < 0:
-            raise CheckpointError(f"{path}: tensor {name!r} lies outside the file "
-                                  "(truncated download?)")
+    for name, (dtype, shape, start, end) in entries.items():
         raw = data[base + start:base + end]
-        if (base + start) % itemsize:
+        if (base + start) % _itemsize(dtype):
             raw = raw.clone()  # unaligned in a file written by another tool
         tensors[name] = raw.view(dtype).view(shape)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    return tensors, metadata
+
+
+Entry = tuple[torch.dtype, list[int], int, int]  # dtype, shape, start and end in the data
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a header may hold")
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _entries(path: Path, header: object, data_size: int) -> tuple[dict[str, Entry],
+                                                                   dict[str, str]]:
+    """The tensors a header describes and its metadata, refused unless every entry has a known
+    dtype, a shape of non-negative integers, and a byte range of exactly its size inside the
+    ``data_size`` bytes of data, overlapping no other tensor's."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.get("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ must map "
+                              "names to strings)")
+    entries: dict[str, Entry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape, offsets = info["shape"], info["data_offsets"]
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{path}: bad header entry for {name!r} (dtype, shape and "
+                                  "data_offsets needed)") from None
+        if (not isinstance(shape, list) or len(shape) > _MAX_DIMS
+                or not all(_is_size(d, _MAX_DIM) for d in shape)):
+            raise CheckpointError(f"{path}: tensor {name!r} has the shape {str(shape)[:80]}: "
+                                  f"expected up to {_MAX_DIMS} sizes of 0..{_MAX_DIM}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(_is_size(v, data_size) for v in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} lies outside the file (data_offsets "
+                                  f"{str(offsets)[:80]}, {data_size} bytes of data; truncated "
+                                  "download?)")
+        start, end = offsets
+        count = 1
+        for d in shape:
+            count *= d
+        if end - start != count * _itemsize(dtype):
+            raise CheckpointError(f"{path}: tensor {name!r} of shape {shape} ({info['dtype']}) "
+                                  f"needs {count * _itemsize(dtype)} bytes, its data_offsets "
+                                  f"give {end - start}")
+        entries[str(name)] = (dtype, shape, start, end)
+    spans = sorted((start, end, name) for name, (_, _, start, end) in entries.items()
+                   if end > start)
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise CheckpointError(f"{path}: tensors {first!r} and {second!r} overlap in the "
+                                  "file (corrupt or crafted header)")
+    return entries, {str(k): v for k, v in metadata.items()}
+
+
+_MAX_DIMS = 16
+_MAX_DIM = 2**40
+
+
+def _is_size(value: object, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
 
 
 def _read_private(path: Path, size: int) -> torch.Tensor:
