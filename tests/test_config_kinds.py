@@ -85,7 +85,7 @@ def test_unknown_fields_and_kinds_are_refused():
     ours = config_from_dict(data).to_dict()
     ours["backbone"]["kind"] = "swin"
     with pytest.raises(ConfigError,
-                       match=r"'backbone.kind' must be one of 'beit', 'vit', got 'swin'"):
+                       match=r"'backbone.kind' must be one of 'beit', 'vit', 'dinov3', got 'swin'"):
         config_from_dict(ours)
 
 

@@ -456,12 +456,14 @@ def test_existing_configs_stay_mmseg():
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"pipeline": "meta"}, "inference.pipeline must be one of mmseg, dinov3, got 'meta'"),
-    ({"einsum_dtype": "fp16"}, "einsum_dtype must be one of fp32, bf16, got 'fp16'"),
+    ({"pipeline": "meta"}, "'inference.pipeline' must be one of 'mmseg', 'dinov3', got 'meta'"),
+    ({"einsum_dtype": "fp16"}, "'inference.einsum_dtype' must be one of 'fp32', 'bf16', got "
+                               "'fp16'"),
     ({"short_side": None}, "the dinov3 pipeline needs inference.short_side"),
     ({"to_rgb": False}, "inference.to_rgb must be true"),
-    ({"tta_ratios": (0.9, 0.0)}, r"tta_ratios must be positive, got \[0.9, 0.0\]"),
-    ({"mean": (1.0, 2.0)}, r"inference.mean must hold 3 numbers"),
+    ({"tta_ratios": (0.9, 0.0)}, r"'inference.tta_ratios' must be positive, got \(0.9, 0.0\)"),
+    ({"tta_ratios": ()}, "inference.tta_ratios must hold at least one ratio"),
+    ({"mean": (1.0, 2.0)}, r"'inference.mean' must be a list of 3 values"),
 ])
 def test_bad_dinov3_settings(changes, message):
     cfg = synthetic_config()

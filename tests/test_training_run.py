@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("scipy")
 
-from vitadapter import Segmenter, build_model, load_checkpoint
+from vitadapter import Segmenter
 from vitadapter.cli import main
 from vitadapter.config.presets import get_preset
 from vitadapter.errors import CheckpointError, ConfigError, DatasetError, TrainingError
@@ -177,20 +177,12 @@ def test_the_slide_stride_scales_from_the_inference_crop():
         assert config.backbone.img_size == 224
 
 
-def test_an_upernet_checkpoint_without_its_config_says_to_pass_it():
-    model = build_model(TINY, device="meta")
-    with pytest.raises(CheckpointError, match=r"likely cause: this is an UperNet checkpoint and "
-                                              r"the model is Mask2Former: pass the checkpoint's "
-                                              r"config \(--config; a training work dir's "
-                                              r"config.json\)"):
-        load_checkpoint(model, REFERENCE / "tiny-vit-adapter-upernet" / "checkpoint.pth")
-
-
 def test_train_help_and_quiet_come_from_the_settings(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--lr LR base learning rate (default 2e-05)" in text
+    assert ("--lr LR base learning rate (default: the model's recipe, 2e-05 official, 0.0001 "
+            "DINOv3)") in text
     assert "--keep-checkpoints KEEP_CHECKPOINTS complete checkpoints kept" in text
     assert "(default: the model's inference crop)" in text
     seen = []

@@ -366,7 +366,8 @@ def test_checkpoints_of_the_trained_tensors_only_resume_with_init(data_root, tmp
         trained = weights(first)
     tensors, _ = load_safetensors(tmp_path / CHECKPOINTS / "iter_0000001" / WEIGHTS)
     assert tensors and not [k for k in tensors if k.startswith("backbone.blocks.")]
-    with pytest.raises(TrainingError, match="hold the trained tensors only: pass the --init"):
+    with pytest.raises(TrainingError, match=r"hold the trained tensors only: pass the "
+                                             r"--backbone-checkpoint \(or --init\)"):
         Trainer(dataclasses.replace(run, init=None, resume=True))
     with Trainer(dataclasses.replace(run, resume=True)) as resumed:
         ours = weights(resumed)

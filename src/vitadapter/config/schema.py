@@ -32,17 +32,14 @@ BackboneKind = Literal["beit", "vit", "dinov3"]
 BACKBONE_KINDS: tuple[str, ...] = get_args(BackboneKind)
 # The DINOv3 feed-forward layers: fc1 -> GELU -> fc2, or SwiGLU (w1, w2, w3).
 FfnLayer = Literal["mlp", "swiglu"]
-FFN_LAYERS: tuple[str, ...] = get_args(FfnLayer)
 HeadKind = Literal["mask2former", "upernet"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 # The test pipeline around the crop runner: "mmseg" (the official ViT-Adapter / mmseg one) or
 # "dinov3" (Meta's DINOv3 segmentation evaluation; see InferenceConfig).
 Pipeline = Literal["mmseg", "dinov3"]
-PIPELINES: tuple[str, ...] = get_args(Pipeline)
 # dtype of the dinov3 pipeline's per-crop class x mask einsum: "fp32" (exact) or "bf16" (the
 # cast Meta's slide_inference makes on every device).
 EinsumDtype = Literal["fp32", "bf16"]
-EINSUM_DTYPES: tuple[str, ...] = get_args(EinsumDtype)
 
 
 @dataclass(frozen=True)
@@ -434,9 +431,6 @@ def _validate_dinov3_fields(b: BackboneConfig) -> None:
             raise ConfigError(f"backbone.{changed[0]} applies to DINOv3 backbones only (kind "
                               f"'dinov3'); this backbone is kind {b.kind!r}")
         return
-    if b.ffn_layer not in FFN_LAYERS:
-        raise ConfigError(f"backbone.ffn_layer must be one of {', '.join(FFN_LAYERS)}, got "
-                          f"{b.ffn_layer!r}")
     if b.embed_dim % (4 * b.num_heads):
         raise ConfigError("a DINOv3 backbone's head width must be a multiple of 4 (axial RoPE: "
                           f"embed_dim {b.embed_dim} / {b.num_heads} heads)")
@@ -453,20 +447,8 @@ _DINOV3_ONLY = ("n_storage_tokens", "ffn_layer", "ffn_align", "rope_base",
 
 
 def _validate_pipeline(inf: InferenceConfig, head: HeadConfig | UperNetConfig) -> None:
-    lengths = {"crop_size": 2, "stride": 2, "img_scale": 2, "mean": 3, "std": 3}
-    for name, length in lengths.items():
-        if len(getattr(inf, name)) != length:
-            raise ConfigError(f"inference.{name} must hold {length} numbers, got "
-                              f"{list(getattr(inf, name))}")
-    if inf.pipeline not in PIPELINES:
-        raise ConfigError(f"inference.pipeline must be one of {', '.join(PIPELINES)}, got "
-                          f"{inf.pipeline!r}")
-    if inf.einsum_dtype not in EINSUM_DTYPES:
-        raise ConfigError(f"inference.einsum_dtype must be one of {', '.join(EINSUM_DTYPES)}, "
-                          f"got {inf.einsum_dtype!r}")
-    if not inf.tta_ratios or any(isinstance(r, bool) or not isinstance(r, int | float)
-                                 or not r > 0 for r in inf.tta_ratios):
-        raise ConfigError(f"inference.tta_ratios must be positive, got {list(inf.tta_ratios)}")
+    if not inf.tta_ratios:
+        raise ConfigError("inference.tta_ratios must hold at least one ratio")
     if inf.pipeline == "mmseg":
         if inf.short_side is not None or inf.einsum_dtype != "fp32":
             raise ConfigError("inference.short_side and inference.einsum_dtype belong to the "
