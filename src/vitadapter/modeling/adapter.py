@@ -208,6 +208,7 @@ class ViTAdapter(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vit_frozen = False
+        self.vit_dtype: torch.dtype | None = None  # a frozen ViT's own dtype (bf16)
         dim = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, dim)
         self.cls_token: nn.Parameter | None = None
@@ -270,7 +271,8 @@ class ViTAdapter(nn.Module):
             with self._vit_compute():
                 prefix, x = self._run_blocks(prefix, x, self.blocks[first:last + 1], rope)
                 feat = x if self.norm is None else self.norm(x)
-            feat = feat.float()  # a frozen bf16 ViT's output; a no-op otherwise
+            if self.vit_dtype is not None:  # a frozen bf16 ViT's output, for the adapter
+                feat = feat.to(self.level_embed.dtype)
             c = layer.extract(c, feat, reference_points(pyramid, x.device), vit_grid, height,
                               width)
             outs.append(feat.transpose(1, 2).reshape(batch, dim, height, width))
@@ -329,7 +331,7 @@ class ViTAdapter(nn.Module):
         """Freeze the ViT (Meta's DINOv3 recipe): no gradients, eval mode (no drop path, no
         RoPE coordinate rescaling) even while the adapter trains; with ``dtype`` (bf16) its
         weights are stored and run in that dtype (autocast), its outputs float32."""
-        self.vit_frozen = True
+        self.vit_frozen, self.vit_dtype = True, dtype
         for name, param in self.named_parameters():  # (buffers, e.g. RoPE periods, stay fp32)
             if name.split(".")[0] in VIT_PARTS:
                 param.requires_grad_(False)
@@ -338,11 +340,10 @@ class ViTAdapter(nn.Module):
         self.train(self.training)
 
     def _vit_compute(self) -> contextlib.AbstractContextManager[object]:
-        """Autocast to the ViT's dtype when its weights are not float32 (a frozen bf16 ViT)."""
-        dtype = self.patch_embed.proj.weight.dtype
-        if dtype == torch.float32:
+        """Autocast to a frozen ViT's own dtype (bf16), else nothing."""
+        if self.vit_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.patch_embed.proj.weight.device.type, dtype=dtype)
+        return torch.autocast(self.patch_embed.proj.weight.device.type, dtype=self.vit_dtype)
 
     def train(self, mode: bool = True) -> ViTAdapter:
         super().train(mode)
