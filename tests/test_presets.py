@@ -94,7 +94,7 @@ def test_preset_names_say_backbone_head_and_crop(name):
 # -- DINOv3: Meta's hub backbones and its released 7B ADE20K head ----------------------------
 
 FINE_TUNING = ("dinov3-vits16-adapter-m2f", "dinov3-vitb16-adapter-m2f",
-               "dinov3-vitl16-adapter-m2f")
+               "dinov3-vitl16-adapter-m2f", "dinov3-vith16plus-adapter-m2f")
 DINOV3_MANIFESTS = {
     "ade20k-dinov3-vit7b16-adapter-m2f-896": ("dinov3-vit7b16-backbone.json",
                                               "dinov3-vit7b16-ade20k-m2f-head.json"),

@@ -89,9 +89,10 @@ def _dinov3_m2f(embed_dim: int, hidden: int, heads: int, pixel_ffn: int, decoder
 # This project's fine-tuning presets (Meta released a head for ViT-7B only): backbone, size,
 # head width, heads, pixel-decoder and decoder FFN widths. Meta's 2048-wide head costs 38x a
 # ViT-S's FLOPs; these keep the head's FLOPs at a 512 crop within about the frozen backbone +
-# adapter's: Mask2Former's classic 256 for S and B, 512 for L (README "DINOv3").
+# adapter's: Mask2Former's classic 256 for S and B, 512 for L and H+ (README "DINOv3").
 _DINOV3_FINETUNE = (("vits16", "S", 256, 8, 1024, 2048), ("vitb16", "B", 256, 8, 1024, 2048),
-                    ("vitl16", "L", 512, 16, 2048, 4096))
+                    ("vitl16", "L", 512, 16, 2048, 4096),
+                    ("vith16plus", "H+", 512, 16, 2048, 4096))
 
 _ADE_512 = _test(512, 341, (2048, 512))
 _ADE_512_HALF = _test(512, 341, (2048, 512), mean_std=_HALF)
