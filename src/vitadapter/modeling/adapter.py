@@ -227,8 +227,8 @@ class ViTAdapter(nn.Module):
         ])
         if cfg.kind == "dinov3":
             self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-            if cfg.untie_global_and_local_cls_norm:  # trained with, never used at inference
-                self.local_cls_norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+            if cfg.untie_global_and_local_cls_norm:  # Meta's, used only in its pretraining
+                self.local_cls_norm = nn.LayerNorm(dim, eps=cfg.norm_eps).requires_grad_(False)
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(cfg.conv_inplane, dim, cfg.in_channels)
         last = len(cfg.interaction_indexes) - 1
