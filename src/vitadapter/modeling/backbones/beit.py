@@ -64,7 +64,10 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         height, width = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), height, width
+        # Contiguous tokens: a transposed view would make every later elementwise op and
+        # LayerNorm of a plain ViT (which has no cls-token concatenation) run strided and keep
+        # that layout (25x slower at width 1024).
+        return x.flatten(2).transpose(1, 2).contiguous(), height, width
 
 
 class Attention(nn.Module):
