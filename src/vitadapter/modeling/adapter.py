@@ -14,7 +14,7 @@ from .backbones import beit, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
-from .layers import maybe_checkpoint
+from .layers import maybe_checkpoint, token_map, transposed_conv2x2_add
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -238,7 +238,7 @@ class ViTAdapter(nn.Module):
                        c4 + self.level_embed[2]], dim=1)
 
         x, height, width = self.patch_embed(x)
-        batch, _, dim = x.shape
+        batch = x.shape[0]
         if self.pos_embed is not None:
             side = self.cfg.img_size // self.cfg.patch_size
             x = x + resize_pos_embed(self.pos_embed, side, height, width)
@@ -247,21 +247,19 @@ class ViTAdapter(nn.Module):
         for layer, (first, last) in zip(self.interactions, self.cfg.interaction_indexes,
                                         strict=True):
             x, c, cls = layer(x, c, cls, self.blocks[first:last + 1], height, width, pyramid)
-            outs.append(x.transpose(1, 2).reshape(batch, dim, height, width))
+            outs.append(token_map(x, height, width))
 
-        n2, n3 = c2.shape[1], c3.shape[1]
-        maps = [c[:, a:b].transpose(1, 2).reshape(batch, dim, h, w)
-                for (a, b), (h, w) in zip(((0, n2), (n2, n2 + n3), (n2 + n3, c.shape[1])),
-                                          pyramid, strict=True)]
-        c2, c3, c4 = maps
-        # In place on fresh tensors: at 896 each 1/4-scale map is 205 MB.
-        c1 = self.up(c2).add_(c1)
+        # Contiguous maps from here on (see token_map); in place on fresh tensors: at 896 each
+        # 1/4-scale map is 205 MB.
+        c2, c3, c4 = (token_map(part, h, w) for part, (h, w) in zip(
+            c.split([h * w for h, w in pyramid], dim=1), pyramid, strict=True))
+        c1 = transposed_conv2x2_add(self.up, c2, c1)
         if self.cfg.add_vit_feature:
             x1, x2, x3, x4 = outs
             c1.add_(F.interpolate(x1, scale_factor=4, mode="bilinear", align_corners=False))
-            c2 = c2 + F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False)
-            c3 = c3 + x3
-            c4 = c4 + F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
+            c2.add_(F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False))
+            c3.add_(x3)
+            c4.add_(F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False))
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
 
 
