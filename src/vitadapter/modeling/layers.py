@@ -78,12 +78,18 @@ class FFN(nn.Module):
                                     nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] <= _FFN_ROWS or torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             return x + self.layers(x)
-        # Long sequences (the pixel decoder's 16464 tokens at 896) in blocks of rows: the
-        # hidden activations of one block (32 MB) instead of all of them (270 MB).
-        return torch.cat([part + self.layers(part) for part in x.split(_FFN_ROWS, dim=-2)],
-                         dim=-2)
+        # Without autograd: the ReLU in place, each block's sum written into the output (no
+        # concatenation), and long sequences (the pixel decoder's 16464 tokens at 896) in
+        # blocks of rows: the hidden activations of one block (32 MB) instead of all of them
+        # (270 MB).
+        expand, project = self.layers[0][0], self.layers[1]
+        out = torch.empty_like(x)
+        for part, rows in zip(x.split(_FFN_ROWS, dim=-2), out.split(_FFN_ROWS, dim=-2),
+                              strict=True):
+            torch.add(part, project(torch.relu_(expand(part))), out=rows)
+        return out
 
 
 class ConvGN(nn.Module):
