@@ -329,11 +329,16 @@ def _bordered_table(value: torch.Tensor, spatial_shapes: SpatialShapes,
     batch, _, heads, dim = value.shape
     starts = _level_starts(spatial_shapes)
     size = sum((h + _BORDER) * (w + _BORDER) for h, w in spatial_shapes)
-    table = torch.zeros(batch, heads, size, dim, device=value.device, dtype=dtype)
+    # Only the border is zeroed: the interior is overwritten right away.
+    table = torch.empty(batch, heads, size, dim, device=value.device, dtype=dtype)
     levels = value.split([h * w for h, w in spatial_shapes], dim=1)
     for (h, w), start, level in zip(spatial_shapes, starts, levels, strict=True):
         bordered = table[:, :, start:start + (h + _BORDER) * (w + _BORDER)]
         bordered = bordered.view(batch, heads, h + _BORDER, w + _BORDER, dim)
+        bordered[:, :, 0].zero_()
+        bordered[:, :, h + 1:].zero_()
+        bordered[:, :, 1:h + 1, 0].zero_()
+        bordered[:, :, 1:h + 1, w + 1:].zero_()
         bordered[:, :, 1:h + 1, 1:w + 1] = level.view(batch, h, w, heads, dim).permute(
             0, 3, 1, 2, 4)
     return table.view(-1, dim), starts
