@@ -33,3 +33,18 @@ def test_token_map_is_the_row_major_grid():
     grid = token_map(tokens, 2, 3)
     assert grid.shape == (2, 3, 2, 3) and grid.is_contiguous()
     assert torch.equal(grid[1, :, 1, 2], tokens[1, 5])
+
+
+def test_depthwise_conv_of_the_token_groups_matches_the_plain_convolution():
+    """DWConv runs its kernel on channels-last views of the 16:4:1 token groups."""
+    from vitadapter.modeling.adapter import DWConv
+
+    torch.manual_seed(0)
+    module = DWConv(8).eval()
+    x = torch.randn(2, 21 * 4, 8)  # a 4x4 grid: groups of 8x8, 4x4 and 2x2 tokens
+    with torch.inference_mode():
+        out = module(x, 4, 4)
+        expected = torch.cat([
+            module.dwconv(token_map(part, side, side)).flatten(2).transpose(1, 2)
+            for part, side in zip(x.split([64, 16, 4], dim=1), (8, 4, 2), strict=True)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
