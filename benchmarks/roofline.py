@@ -12,7 +12,10 @@ the repository's photo:
 * seconds per crop: the median of ``--repeat`` forwards after a warm-up (the PyTorch backend's
   forward, ``TorchRunner.forward``, as ``segment`` runs it);
 * the share of the GEMM rate: FLOPs / seconds / the better of the two GEMM rates;
-* peak RSS (peak CUDA memory on a GPU) and the 1-minute load average before and after;
+* peak RSS (peak CUDA memory on a GPU), the 1-minute load average before and after, and the
+  share of the machine's CPU time other processes took meanwhile (from ``/proc/stat``: on a
+  shared machine a busy neighbour makes every parallel region wait, so compare rows measured
+  quiet; ``--wait-quiet`` waits for a quiet moment before each case);
 * a ``torch.profiler`` profile of one more forward: the self time of matrix products and
   convolutions, of attention kernels, of every other operator (the top ones listed) and the
   time no operator accounts for (Python and dispatch overhead; on a GPU, device idle time).
@@ -63,6 +66,37 @@ _ATTENTION_WORDS = ("scaled_dot_product", "flash", "fmha", "attention")
 
 
 # --- one case, in its own process -------------------------------------------------------------
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far; the
+    machine's from /proc/stat (0 where there is none)."""
+    own = sum(os.times()[:2])
+    try:
+        with open("/proc/stat") as file:
+            fields = [int(v) for v in file.readline().split()[1:]]
+    except OSError:
+        return 0.0, own
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own
+
+
+def others_busy(start: tuple[float, float], wall: float) -> float:
+    """Share of the machine's cores that other processes kept busy since ``start``."""
+    busy, own = cpu_seconds()
+    return max(0.0, (busy - start[0]) - (own - start[1])) / (wall * (os.cpu_count() or 1))
+
+
+def wait_quiet(limit: float, threshold: float = 0.1, window: float = 3.0) -> float:
+    """Wait (up to ``limit`` seconds) until other processes keep less than ``threshold`` of
+    the cores busy over ``window`` seconds; returns that share when the wait ended."""
+    deadline = time.monotonic() + limit
+    while True:
+        start = cpu_seconds()
+        time.sleep(window)
+        share = others_busy(start, window)
+        if share < threshold or time.monotonic() >= deadline:
+            return share
 
 
 def synchronize(device: str) -> None:
@@ -192,6 +226,7 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
     row: dict = {"preset": spec, "precision": precision, "device": device,
                  "threads": torch.get_num_threads(), "compiled": compile_model,
                  "load_start": os.getloadavg()[0]}
+    clock, machine_start = time.perf_counter(), cpu_seconds()
     dtype = DTYPES[precision]
     row["gemm_before"] = gemm_rate(device, dtype, gemm_size)
     cfg = preset_config(spec)
@@ -233,6 +268,7 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
     row["peak_gib"] = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
                        else peak_rss_gib())
     row["load_end"] = os.getloadavg()[0]
+    row["others_busy"] = others_busy(machine_start, time.perf_counter() - clock)
     scores = scores[0].float().cpu()
     top2 = scores.topk(2, dim=0).values
     np.savez(out, scores=scores.numpy(), labels=scores.argmax(0).numpy().astype(np.int16),
@@ -279,15 +315,15 @@ def machine() -> dict:
 def print_tables(rows: list[dict], repeat: int, top: int) -> None:
     print("| preset | family | crop | precision | TFLOP / crop | s / crop (median of "
           f"{repeat}) | GEMM GFLOP/s before / after | share of GEMM | peak GiB | classes "
-          "| load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| load avg | others busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = r["precision"] + (" compiled" if r["compiled"] else "")
         print(f"| {r['preset']} | {r['family']} | {r['crop']} | {mode} | "
               f"{r['flops'] / 1e12:.3f} | {r['seconds']:.2f} | "
               f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f} | "
               f"{r['share']:.0%} | {r['peak_gib']:.2f} | {r['classes']} | "
-              f"{r['load_start']:.1f} / {r['load_end']:.1f} |")
+              f"{r['load_start']:.1f} / {r['load_end']:.1f} | {r['others_busy']:.0%} |")
     print(f"\nWhere the time goes (self time in one profiled forward, share of its wall time; "
           f"top {top} other operators):\n")
     print("| preset | precision | matmul / conv | attention | other ops | untracked | "
@@ -317,6 +353,9 @@ def main() -> None:
     parser.add_argument("--compare", type=Path,
                         help="compare each case's labels with those saved in DIR")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each case, wait up to SECONDS for the other processes "
+                             "to leave the cores (nearly) idle")
     parser.add_argument("--case", nargs=3, metavar=("PRESET", "PRECISION", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -338,6 +377,8 @@ def main() -> None:
         for spec in args.presets:
             for precision in precisions:
                 out = folder / case_name(spec, precision)
+                if args.wait_quiet:
+                    wait_quiet(args.wait_quiet)
                 row = run_case(__file__, spec, precision, str(out), *common)
                 if args.compare:
                     row["compare"] = compare(args.compare / case_name(spec, precision), out)
