@@ -20,6 +20,14 @@ def test_transposed_conv2x2_is_the_convolution_plus_the_residual():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
+def test_transposed_conv2x2_trains():
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(6, 5, 2, 2)
+    x = torch.randn(1, 6, 3, 4, requires_grad=True)
+    transposed_conv2x2_add(conv, x, torch.randn(1, 5, 6, 8)).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
 def test_transposed_conv2x2_falls_back_for_other_geometries():
     torch.manual_seed(0)
     conv = nn.ConvTranspose2d(3, 4, 3, 2, padding=1).eval()

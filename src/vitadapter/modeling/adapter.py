@@ -14,7 +14,7 @@ from .backbones import beit, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
-from .layers import maybe_checkpoint, token_map, transposed_conv2x2_add
+from .layers import fresh_gelu, maybe_checkpoint, token_map, transposed_conv2x2_add
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -41,7 +41,7 @@ def pyramid_shapes(height: int, width: int) -> Shapes:
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU()]
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SpatialPriorModule(nn.Module):
@@ -104,7 +104,7 @@ class ConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.fc2(F.gelu(self.dwconv(self.fc1(x), height, width)))
+        return self.fc2(fresh_gelu(self.dwconv(self.fc1(x), height, width)))
 
 
 class AdapterAttention(nn.Module):
@@ -263,7 +263,8 @@ class ViTAdapter(nn.Module):
         if self.cfg.add_vit_feature:
             x1, x2, x3, x4 = outs
             c1.add_(F.interpolate(x1, scale_factor=4, mode="bilinear", align_corners=False))
-            c2.add_(F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False))
+            # Not in place: the transposed conv took c2 (autograd keeps it).
+            c2 = c2 + F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False)
             c3.add_(x3)
             c4.add_(F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False))
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from ..ops import fast_inference
 
 # Rows per block of a long FFN input (see FFN.forward).
 _FFN_ROWS = 2048
@@ -20,6 +23,13 @@ def maybe_checkpoint(enabled: bool, function: Callable[..., Any], *args: Any) ->
     if enabled and torch.is_grad_enabled():
         return checkpoint(function, *args, use_reentrant=False)
     return function(*args)
+
+
+def fresh_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU of a tensor nothing else holds: in place where :func:`fast_inference` (a fresh
+    temporary of the size of the MLP activations, 51 MB per BEiT-L block at 896, costs page
+    faults)."""
+    return torch.ops.aten.gelu_(x) if fast_inference() else F.gelu(x)
 
 
 def token_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -38,10 +48,12 @@ def transposed_conv2x2_add(conv: nn.ConvTranspose2d, x: torch.Tensor,
     pixel paints its own 2x2 block of the output: one matrix product gives the four output
     planes (C_out x 4 rows), whose interleaving is fused with the residual addition. Twice
     as fast on a CPU as the convolution kernel (2.7 s against 1.3 s at the seed preset's 1/8
-    map, one thread). Contiguous (B, C, H, W) maps; other geometries run ``conv`` itself."""
+    map, one thread). Contiguous (B, C, H, W) maps; other geometries, and outside
+    :func:`fast_inference` (the fused addition writes into its output), run ``conv``
+    itself."""
     if (conv.kernel_size != (2, 2) or conv.stride != (2, 2) or conv.padding != (0, 0)
             or conv.output_padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1
-            or conv.bias is None):
+            or conv.bias is None or not fast_inference()):
         return conv(x) + residual
     batch, cin, height, width = x.shape
     cout = conv.out_channels
@@ -78,13 +90,21 @@ class FFN(nn.Module):
                                     nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if fast_inference():
+            return self._in_blocks(x)
+        if x.shape[-2] <= _FFN_ROWS or torch.is_grad_enabled():
             return x + self.layers(x)
-        # Without autograd: the ReLU in place, each block's sum written into the output (no
-        # concatenation), and long sequences (the pixel decoder's 16464 tokens at 896) in
-        # blocks of rows: the hidden activations of one block (32 MB) instead of all of them
-        # (270 MB).
-        expand, project = self.layers[0][0], self.layers[1]
+        # The reference path without autograd (the ONNX export traces it): long sequences
+        # in blocks of rows too.
+        return torch.cat([part + self.layers(part) for part in x.split(_FFN_ROWS, dim=-2)],
+                         dim=-2)
+
+    def _in_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Long sequences (the pixel decoder's 16464 tokens at 896) in blocks of rows: the
+        hidden activations of one block (32 MB) instead of all of them (270 MB); the ReLU in
+        place and each block's sum written into the output."""
+        expand = cast(nn.Sequential, self.layers[0])[0]
+        project = self.layers[1]
         out = torch.empty_like(x)
         for part, rows in zip(x.split(_FFN_ROWS, dim=-2), out.split(_FFN_ROWS, dim=-2),
                               strict=True):

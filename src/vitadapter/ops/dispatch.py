@@ -6,12 +6,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import torch
+
 _REFERENCE: ContextVar[bool] = ContextVar("vitadapter_reference_path", default=False)
 
 
 def use_reference() -> bool:
     """True while :func:`reference_path` is active."""
     return _REFERENCE.get()
+
+
+def fast_inference() -> bool:
+    """True where the inference-only formulations apply (in-place activations, fused
+    writes into preallocated outputs): autograd is off and the reference path is not active
+    (it runs the official formulation, which the ONNX export traces)."""
+    return not torch.is_grad_enabled() and not use_reference()
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import use_reference
-from ..layers import maybe_checkpoint
+from ..layers import fresh_gelu, maybe_checkpoint
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -191,7 +191,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(fresh_gelu(self.fc1(x)))
 
 
 class DropPath(nn.Module):
