@@ -47,6 +47,24 @@ def test_beit_attention_in_blocks_of_query_rows(monkeypatch):
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
 
 
+def test_beit_attention_reuses_its_bias_buffer_in_and_out_of_inference_mode():
+    torch.manual_seed(2)
+    attn = Attention(32, 2, (4, 4), qkv_bias=True, use_rel_pos_bias=True).eval()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()
+    x = torch.randn(1, 17, 32)
+    with torch.inference_mode():
+        first = attn(x)
+    with torch.no_grad():  # the inference-mode buffer cannot be written here: a new one
+        second = attn(x)
+    with torch.inference_mode():
+        third = attn(x)
+        with reference_path():
+            reference = attn(x)
+    for out in (first, second, third):
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+
+
 def test_relative_position_bias_layout():
     attn = Attention(8, 2, (2, 3), qkv_bias=False, use_rel_pos_bias=True)
     with torch.no_grad():
