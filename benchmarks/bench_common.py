@@ -19,8 +19,12 @@ def peak_rss_gib() -> float:
 
 def run_case(script: str, *args: str) -> dict:
     """Run ``script --case ARGS...`` in a fresh interpreter; it prints one JSON line last."""
-    out = subprocess.run([sys.executable, script, "--case", *args], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, script, "--case", *args], capture_output=True,
+                         text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"{Path(script).name} --case {' '.join(args)} failed "
+                         f"(exit {out.returncode}; its stderr above)")
     row = json.loads(out.stdout.strip().splitlines()[-1])
     print(row, file=sys.stderr, flush=True)
     return row

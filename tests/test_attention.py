@@ -33,17 +33,36 @@ def test_beit_attention_with_relative_position_bias():
 
 
 def test_beit_attention_in_blocks_of_query_rows(monkeypatch):
-    """The fast path gathers the bias for a few query rows at a time: 36 tokens in blocks of
-    8 rows (the last one partial) equal the whole explicit computation."""
+    """The fast path copies the bias for a few window rows of queries at a time: 35 patch
+    queries (5 rows of 7) in blocks of 2 rows (the last one partial), in reverse order, and
+    the cls query on its own equal the whole explicit computation."""
     from vitadapter.modeling.backbones import beit
 
-    monkeypatch.setattr(beit, "_BIAS_ROWS", 8)
+    monkeypatch.setattr(beit, "_BIAS_ROWS", 15)
     torch.manual_seed(1)
     attn = Attention(32, 2, (5, 7), qkv_bias=True, use_rel_pos_bias=True).eval()
     with torch.no_grad():
         attn.relative_position_bias_table.normal_(std=1.0)
     fast, reference = both_paths(attn, torch.randn(3, 5 * 7 + 1, 32))
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+
+
+def test_beit_attention_reuses_its_bias_buffer_in_and_out_of_inference_mode():
+    torch.manual_seed(2)
+    attn = Attention(32, 2, (4, 4), qkv_bias=True, use_rel_pos_bias=True).eval()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()
+    x = torch.randn(1, 17, 32)
+    with torch.inference_mode():
+        first = attn(x)
+    with torch.no_grad():  # the inference-mode buffer cannot be written here: a new one
+        second = attn(x)
+    with torch.inference_mode():
+        third = attn(x)
+        with reference_path():
+            reference = attn(x)
+    for out in (first, second, third):
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
 
 
 def test_relative_position_bias_layout():

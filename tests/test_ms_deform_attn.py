@@ -68,6 +68,20 @@ def test_fast_matches_reference_on_borders_and_far_outside():
     assert (fast[0, :2] == 0).all()
 
 
+def test_fast_path_reads_zeros_beyond_the_borders_of_reused_memory():
+    """The fast path's value table zeroes only its border (the interior is overwritten):
+    memory that held NaNs a moment ago must still read as zero padding."""
+    shapes = [(6, 5), (3, 4)]
+    value, locations, weights = make_inputs(shapes, 2, 3, 4, 12, 2)
+    locations[:, :6] = torch.tensor([-0.05, 1.05])[torch.randint(2, locations[:, :6].shape)]
+    for _ in range(3):
+        junk = torch.full((2 * 3 * 200 * 4,), float("nan"))
+        del junk
+        fast, reference = fast_and_reference(value, shapes, locations, weights)
+        assert_close(fast, reference)
+        assert not fast.isnan().any()
+
+
 def test_fast_matches_reference_across_query_chunks(monkeypatch):
     monkeypatch.setattr(msda_module, "_CHUNK_ROWS", 100)  # 2 heads x 2 levels x 2 points x 4
     shapes = [(6, 7), (3, 4)]

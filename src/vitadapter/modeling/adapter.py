@@ -14,7 +14,13 @@ from .backbones import beit, dinov3, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
-from .layers import cached_constant, maybe_checkpoint
+from .layers import (
+    cached_constant,
+    fresh_gelu,
+    maybe_checkpoint,
+    token_map,
+    transposed_conv2x2_add,
+)
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -41,7 +47,7 @@ def pyramid_shapes(height: int, width: int) -> Shapes:
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU()]
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SpatialPriorModule(nn.Module):
@@ -85,8 +91,14 @@ class DWConv(nn.Module):
         n = tokens // 21
         groups = ((0, 16 * n, 2 * height, 2 * width), (16 * n, 20 * n, height, width),
                   (20 * n, tokens, height // 2, width // 2))
-        outs = [self.dwconv(x[:, a:b].transpose(1, 2).reshape(batch, dim, h, w))
-                .flatten(2).transpose(1, 2) for a, b, h, w in groups]
+        # The token groups are channels-last maps; with the weight in that layout too the
+        # depthwise kernel runs on them as they are (10x faster than converting them) and
+        # returns channels-last maps, i.e. contiguous tokens.
+        conv = self.dwconv
+        weight = conv.weight.to(memory_format=torch.channels_last)
+        outs = [F.conv2d(x[:, a:b].transpose(1, 2).reshape(batch, dim, h, w), weight, conv.bias,
+                         padding=conv.padding, groups=conv.groups).flatten(2).transpose(1, 2)
+                for a, b, h, w in groups]
         return torch.cat(outs, dim=1)
 
 
@@ -98,7 +110,7 @@ class ConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.fc2(F.gelu(self.dwconv(self.fc1(x), height, width)))
+        return self.fc2(fresh_gelu(self.dwconv(self.fc1(x), height, width)))
 
 
 class AdapterAttention(nn.Module):
@@ -261,7 +273,6 @@ class ViTAdapter(nn.Module):
             prefix, x, height, width = self._tokens(x)
         rope = None if self.rope_embed is None else self.rope_embed(height, width)
         vit_grid = ((height, width),)
-        batch, _, dim = x.shape
         outs = []
         layer: InteractionBlock
         for layer, (first, last) in zip(self.interactions,  # type: ignore[assignment]
@@ -275,21 +286,20 @@ class ViTAdapter(nn.Module):
                 feat = feat.to(self.level_embed.dtype)
             c = layer.extract(c, feat, reference_points(pyramid, x.device), vit_grid, height,
                               width)
-            outs.append(feat.transpose(1, 2).reshape(batch, dim, height, width))
+            outs.append(token_map(feat, height, width))
 
-        n2, n3 = c2.shape[1], c3.shape[1]
-        maps = [c[:, a:b].transpose(1, 2).reshape(batch, dim, h, w)
-                for (a, b), (h, w) in zip(((0, n2), (n2, n2 + n3), (n2 + n3, c.shape[1])),
-                                          pyramid, strict=True)]
-        c2, c3, c4 = maps
-        # In place on fresh tensors: at 896 each 1/4-scale map is 205 MB.
-        c1 = self.up(c2).add_(c1)
+        # Contiguous maps from here on (see token_map); in place on fresh tensors: at 896 each
+        # 1/4-scale map is 205 MB.
+        c2, c3, c4 = (token_map(part, h, w) for part, (h, w) in zip(
+            c.split([h * w for h, w in pyramid], dim=1), pyramid, strict=True))
+        c1 = transposed_conv2x2_add(self.up, c2, c1)
         if self.cfg.add_vit_feature:
             x1, x2, x3, x4 = outs
             c1.add_(F.interpolate(x1, scale_factor=4, mode="bilinear", align_corners=False))
+            # Not in place: the transposed conv took c2 (autograd keeps it).
             c2 = c2 + F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False)
-            c3 = c3 + x3
-            c4 = c4 + F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
+            c3.add_(x3)
+            c4.add_(F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False))
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
 
     def _tokens(self, image: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int, int]:

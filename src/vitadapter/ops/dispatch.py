@@ -6,12 +6,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import torch
+
 _REFERENCE: ContextVar[bool] = ContextVar("vitadapter_reference_path", default=False)
 
 
+@torch.compiler.assume_constant_result
 def use_reference() -> bool:
-    """True while :func:`reference_path` is active."""
+    """True while :func:`reference_path` is active (``torch.compile`` reads it once, when it
+    traces: compile under the path that is meant to run)."""
     return _REFERENCE.get()
+
+
+def fast_inference() -> bool:
+    """True where the eager inference-only formulations apply (in-place activations, fused
+    writes into preallocated outputs): autograd is off, the reference path is not active (it
+    runs the official formulation, which the ONNX export traces) and ``torch.compile`` is not
+    tracing (its compiler fuses the plain formulation itself, and cannot take writes into
+    views of other tensors)."""
+    return (not torch.is_grad_enabled() and not use_reference()
+            and not torch.compiler.is_compiling())
 
 
 @contextmanager

@@ -150,8 +150,6 @@ class _Plan:
         corners ordered top-left, top-right, bottom-left, bottom-right; the fractional pixel
         positions (B, count, heads, L, P, 2); with ``inside``, where the unclamped pixel
         coordinate lies in [-1, W] (resp. [-1, H]), i.e. where clamping passes gradients."""
-        batch, heads, levels, points = self.shape
-        device = sampling_locations.device
         pixel = torch.addcmul(self.minus_half, sampling_locations[:, first:first + count],
                               self.sizes)
         mask = (pixel >= self.lowest) & (pixel <= self.sizes) if inside else None
@@ -164,19 +162,13 @@ class _Plan:
         top_left = torch.addcmul(low[..., 0], low[..., 1], self.row_widths).to(self.index_dtype)
         top_left += self.origins
         # A bag is one (batch, query, head), rows (level, corner, point) in any order.
-        index = torch.empty(batch, count, heads, levels, 4, points, dtype=self.index_dtype,
-                            device=device)
-        torch.add(top_left[..., None, :], self.steps, out=index)
+        index = top_left[..., None, :] + self.steps
         attn = attention_weights[:, first:first + count]
         fx, fy = frac[..., 0], frac[..., 1]
-        by_row = torch.empty(batch, count, heads, levels, 2, points, device=device,
-                             dtype=self.dtype)
-        torch.mul(attn, fy, out=by_row[..., 1, :])
-        torch.sub(attn, by_row[..., 1, :], out=by_row[..., 0, :])
+        lower = attn * fy
+        by_row = torch.stack((attn - lower, lower), dim=-2)
         by_col = torch.stack((1 - fx, fx), dim=-2)
-        weight = torch.empty(index.shape, device=device, dtype=self.dtype)
-        torch.mul(by_row[..., :, None, :], by_col[..., None, :, :],
-                  out=weight.view(batch, count, heads, levels, 2, 2, points))
+        weight = (by_row[..., :, None, :] * by_col[..., None, :, :]).view(index.shape)
         return index, weight, frac, mask
 
 
@@ -331,11 +323,16 @@ def _bordered_table(value: torch.Tensor, spatial_shapes: SpatialShapes,
     batch, _, heads, dim = value.shape
     starts = _level_starts(spatial_shapes)
     size = sum((h + _BORDER) * (w + _BORDER) for h, w in spatial_shapes)
-    table = torch.zeros(batch, heads, size, dim, device=value.device, dtype=dtype)
+    # Only the border is zeroed: the interior is overwritten right away.
+    table = torch.empty(batch, heads, size, dim, device=value.device, dtype=dtype)
     levels = value.split([h * w for h, w in spatial_shapes], dim=1)
     for (h, w), start, level in zip(spatial_shapes, starts, levels, strict=True):
         bordered = table[:, :, start:start + (h + _BORDER) * (w + _BORDER)]
         bordered = bordered.view(batch, heads, h + _BORDER, w + _BORDER, dim)
+        bordered[:, :, 0].zero_()
+        bordered[:, :, h + 1:].zero_()
+        bordered[:, :, 1:h + 1, 0].zero_()
+        bordered[:, :, 1:h + 1, w + 1:].zero_()
         bordered[:, :, 1:h + 1, 1:w + 1] = level.view(batch, h, w, heads, dim).permute(
             0, 3, 1, 2, 4)
     return table.view(-1, dim), starts

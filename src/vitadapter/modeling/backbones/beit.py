@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import use_reference
-from ..layers import cached_constant, maybe_checkpoint
+from ..layers import cached_constant, fresh_gelu, maybe_checkpoint
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -50,9 +51,24 @@ def _cached_index(window: tuple[int, int], device: torch.device) -> torch.Tensor
 
 
 INDEX_KEY = "relative_position_index"
-# Query rows per attention call of the fast path (the bias rows gathered for them take
-# heads x rows x (N+1) floats: 100 MB for 16 heads at 896).
+# Query rows per attention call of the fast path, rounded down to whole window rows (the bias
+# rows copied for them take heads x rows x (N+1) floats: 100 MB for 16 heads at 896).
 _BIAS_ROWS = 512
+_scratch = threading.local()
+
+
+def _bias_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A buffer of at least ``numel`` elements for the bias rows, kept per thread on the CPU
+    and shared by the blocks: a fresh one per block costs page faults at every first touch
+    (4 % of a BEiT-B crop). GPU memory is reused by PyTorch's allocator anyway."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.empty(numel, dtype=dtype, device=device)
+    buffer = getattr(_scratch, "bias", None)
+    # (One made in inference mode cannot be written outside it.)
+    if (buffer is None or buffer.numel() < numel or buffer.dtype != dtype
+            or (buffer.is_inference() and not torch.is_inference_mode_enabled())):
+        buffer = _scratch.bias = torch.empty(numel, dtype=dtype, device=device)
+    return buffer
 
 
 class PatchEmbed(nn.Module):
@@ -63,7 +79,10 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         height, width = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), height, width
+        # Contiguous tokens: a transposed view would make every later elementwise op and
+        # LayerNorm of a plain ViT (which has no cls-token concatenation) run strided and keep
+        # that layout (25x slower at width 1024).
+        return x.flatten(2).transpose(1, 2).contiguous(), height, width
 
 
 class Attention(nn.Module):
@@ -140,23 +159,43 @@ class Attention(nn.Module):
 
     def _attend_in_row_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               table: torch.Tensor) -> torch.Tensor:
-        """SDPA over blocks of query rows, each with its rows of the bias gathered into one
+        """SDPA over blocks of query rows, each with its rows of the bias copied into one
         reused buffer: (heads, rows, N+1) instead of the whole (heads, N+1, N+1) bias (630 MB
-        at 896, whose fresh pages cost the kernel more time than the gather itself)."""
-        table = table.t().to(q.dtype)
-        tokens = q.shape[2]
-        index = relative_position_index(self.window, q.device)
-        rows = min(tokens, _BIAS_ROWS)
-        buffer = torch.empty(self.num_heads * rows * tokens, dtype=q.dtype, device=q.device)
+        at 896, whose fresh pages cost the kernel more time than building it).
+
+        No gather: with the table's patch-offset rows as a ``(2Wh-1, 2Ww-1)`` grid flipped on
+        both axes, the bias row of patch query ``N-1-p'`` (``p' = (y', x')`` on the window) is
+        the ``Wh x Ww`` window of that grid at ``(y', x')``; all of them are one strided view,
+        copied a block of ``y'`` rows at a time. The patch queries therefore run in reverse
+        order (each row's attention is independent of the others); the cls query, whose row is
+        two table entries, runs on its own.
+        """
+        heads, (wh, ww) = self.num_heads, self.window
+        patches = wh * ww
+        tokens = patches + 1
+        table = table.t().to(q.dtype)  # (heads, rows of the table)
+        grid = table[:, :-3].reshape(heads, 2 * wh - 1, 2 * ww - 1).flip(1, 2).contiguous()
+        windows = grid.as_strided((heads, wh, ww, wh, ww),
+                                  (grid.stride(0), 2 * ww - 1, 1, 2 * ww - 1, 1))
+        to_patch, from_cls, cls_to_cls = table[:, -3], table[:, -2], table[:, -1]
         out = torch.empty_like(q)
-        for start in range(0, tokens, rows):
-            stop = min(start + rows, tokens)
-            mask = buffer[:self.num_heads * (stop - start) * tokens]
-            torch.index_select(table, 1, index[start:stop].reshape(-1),
-                               out=mask.view(self.num_heads, -1))
-            out[:, :, start:stop] = F.scaled_dot_product_attention(
-                q[:, :, start:stop], k, v, scale=self.scale,
-                attn_mask=mask.view(1, self.num_heads, stop - start, tokens))
+        cls_mask = torch.cat((cls_to_cls[:, None], to_patch[:, None].expand(-1, patches)), 1)
+        out[:, :, :1] = F.scaled_dot_product_attention(
+            q[:, :, :1], k, v, scale=self.scale, attn_mask=cls_mask.view(1, heads, 1, tokens))
+        reversed_q = q[:, :, 1:].flip(2)
+        reversed_out = torch.empty_like(reversed_q)
+        lines = max(1, _BIAS_ROWS // ww)  # window rows per block
+        buffer = _bias_buffer(heads * lines * ww * tokens, q.dtype, q.device)
+        for first in range(0, wh, lines):
+            count = min(lines, wh - first)
+            rows = slice(first * ww, (first + count) * ww)
+            mask = buffer[:heads * count * ww * tokens].view(heads, count * ww, tokens)
+            mask[:, :, 0] = from_cls[:, None]
+            mask[:, :, 1:].unflatten(2, (wh, ww)).unflatten(1, (count, ww)).copy_(
+                windows[:, first:first + count])
+            reversed_out[:, :, rows] = F.scaled_dot_product_attention(
+                reversed_q[:, :, rows], k, v, scale=self.scale, attn_mask=mask[None])
+        out[:, :, 1:] = reversed_out.flip(2)
         return out
 
 
@@ -167,7 +206,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(fresh_gelu(self.fc1(x)))
 
 
 class DropPath(nn.Module):

@@ -26,7 +26,7 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
+        return torch.relu_(self.bn(self.conv(x)))  # in place: the BatchNorm output is our own
 
 
 def _upsample(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:

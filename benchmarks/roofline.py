@@ -1,0 +1,405 @@
+"""Roofline of the crop forward: the share of the machine's own GEMM rate that each preset's
+forward reaches, and where the rest of its time goes.
+
+Each preset (``NAME`` or ``NAME@CROP`` for another crop size) runs at each precision in a fresh
+process, with the full-size random weights of ``recipe.py`` (a many-class answer) on a crop of
+the repository's photo:
+
+* the GEMM rate of the precision's dtype (``--gemm-size``^3 matrix products, best of several),
+  measured in that process before and after the forwards;
+* the crop's FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device
+  (matrix products, convolutions, attention);
+* seconds per crop: the median of ``--repeat`` forwards after a warm-up (the PyTorch backend's
+  forward, ``TorchRunner.forward``, as ``segment`` runs it);
+* the share of the GEMM rate: FLOPs / seconds / the better of the two GEMM rates;
+* peak RSS (peak CUDA memory on a GPU), the 1-minute load average before and after, and the
+  share of the machine's CPU time other processes took meanwhile (from ``/proc/stat``: on a
+  shared machine a busy neighbour makes every parallel region wait, so compare rows measured
+  quiet; ``--wait-quiet`` waits for a quiet moment before each case);
+* a ``torch.profiler`` profile of one more forward: the self time of matrix products and
+  convolutions, of attention kernels, of every other operator (the top ones listed) and the
+  time no operator accounts for (Python and dispatch overhead; on a GPU, device idle time).
+
+``--save DIR`` keeps each forward's class scores; ``--compare DIR`` checks a later run against
+them (labels equal outside float32 ties, largest score difference), e.g. a change or
+``--compile`` against eager main. ``--compile`` runs the forward through ``torch.compile``
+(the backend's ``compile=True``); the warm-up then includes the compile.
+
+    python benchmarks/roofline.py [--presets NAME[@CROP] ...] [--device cpu|cuda]
+        [--precisions fp32 bf16] [--repeat 3] [--threads N] [--top 8] [--gemm-size 2048]
+        [--json PATH] [--save DIR] [--compare DIR] [--compile]
+
+On CUDA the default precisions are fp32 (TF32 off, as the backend runs it) and bf16, each
+against the GEMM rate of its dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_common import PRESET, peak_rss_gib, run_case
+
+# One of each family; a new family is one more name here.
+DEFAULT_PRESETS = (
+    "ade20k-deit-adapter-t-upernet-512",     # DeiT-T ViT-Adapter + UperNet
+    "ade20k-augreg-adapter-l-upernet-512",   # AugReg-L ViT-Adapter + UperNet
+    "cocostuff10k-beit-adapter-b-m2f-512",   # BEiT-B Adapter + Mask2Former
+    PRESET,                                  # BEiT-L Adapter + Mask2Former at 896 (the seed)
+)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Profiler keys (lower case) of matrix products and convolutions: aten operators on the CPU,
+# kernel names on a GPU.
+_GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+             "aten::matmul", "aten::linear", "aten::einsum", "aten::_addmm_activation"}
+_GEMM_WORDS = ("conv", "gemm", "cutlass", "xmma", "cublas", "wgmma")
+_ATTENTION_WORDS = ("scaled_dot_product", "flash", "fmha", "attention")
+
+
+# --- one case, in its own process -------------------------------------------------------------
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far; the
+    machine's from /proc/stat (0 where there is none)."""
+    own = sum(os.times()[:2])
+    try:
+        with open("/proc/stat") as file:
+            fields = [int(v) for v in file.readline().split()[1:]]
+    except OSError:
+        return 0.0, own
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own
+
+
+def others_busy(start: tuple[float, float], wall: float) -> float:
+    """Share of the machine's cores that other processes kept busy since ``start``."""
+    busy, own = cpu_seconds()
+    return max(0.0, (busy - start[0]) - (own - start[1])) / (wall * (os.cpu_count() or 1))
+
+
+def wait_quiet(limit: float, threshold: float = 0.1, window: float = 3.0) -> float:
+    """Wait (up to ``limit`` seconds) until other processes keep less than ``threshold`` of
+    the cores busy over ``window`` seconds; returns that share when the wait ended."""
+    deadline = time.monotonic() + limit
+    while True:
+        start = cpu_seconds()
+        time.sleep(window)
+        share = others_busy(start, window)
+        if share < threshold or time.monotonic() >= deadline:
+            return share
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def gemm_rate(device: str, dtype: torch.dtype, size: int, repeat: int = 5) -> float:
+    """Best FLOP/s of ``size``^3 matrix products of ``dtype``; each timing spans enough
+    products for 50 ms (a GPU does one in microseconds)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    synchronize(device)
+    start = time.perf_counter()
+    torch.mm(a, b, out=out)
+    synchronize(device)
+    inner = max(1, round(0.05 / max(time.perf_counter() - start, 1e-6)))
+    best = float("inf")
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / inner)
+    return 2 * size**3 / best
+
+
+def preset_config(spec: str):  # -> ModelConfig
+    """``NAME`` or ``NAME@CROP``: the preset, at another crop size when given."""
+    from vitadapter import get_preset
+    from vitadapter.cli.export_onnx import with_crop
+
+    name, _, crop = spec.partition("@")
+    cfg = get_preset(name)
+    return with_crop(cfg, int(crop)) if crop else cfg
+
+
+def family(cfg) -> str:  # cfg: ModelConfig
+    b = cfg.backbone
+    return f"{b.kind} {b.embed_dim}x{b.depth} + {cfg.head.kind}"
+
+
+def count_flops(cfg) -> float:
+    """FLOPs of one crop, counted on the meta device (nothing is computed); the reference
+    path spells attention as matrix products, which the counter sees everywhere."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitadapter import build_model
+    from vitadapter.ops import reference_path
+
+    model = build_model(cfg, device="meta").requires_grad_(False)
+    size = cfg.inference.crop_size
+    crop = torch.empty(1, cfg.backbone.in_channels, *size, device="meta")
+    with FlopCounterMode(display=False) as counter, reference_path(), torch.no_grad():
+        model(crop)
+    return float(counter.get_total_flops())
+
+
+def photo_crop(cfg) -> torch.Tensor:
+    """The first slide window of the repository's photo, preprocessed as ``segment`` does."""
+    from recipe import default_photo
+    from vitadapter.pipeline.preprocess import preprocess
+
+    height, width = cfg.inference.crop_size
+    view = preprocess(default_photo(), cfg.inference)
+    return torch.from_numpy(np.ascontiguousarray(view.image[None, :, :height, :width]))
+
+
+def classify(key: str) -> str:
+    name = key.lower()
+    if name in _GEMM_OPS or any(w in name for w in _GEMM_WORDS):
+        return "gemm"
+    if any(w in name for w in _ATTENTION_WORDS):
+        return "attention"
+    return "other"
+
+
+def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
+    """Self time by kind of operator over one profiled forward, as shares of its wall time
+    (device time on a GPU); the ``top`` other operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        synchronize(device)
+        start = time.perf_counter()
+        forward(crop)
+        synchronize(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    totals = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    others = []
+    for event in prof.key_averages():
+        if cuda:
+            self_us = float(getattr(event, "self_device_time_total", 0.0)
+                            or getattr(event, "self_cuda_time_total", 0.0))
+        else:
+            self_us = float(event.self_cpu_time_total)
+        if self_us <= 0:
+            continue
+        kind = classify(event.key)
+        totals[kind] += self_us
+        if kind == "other":
+            others.append((self_us, event.key, int(event.count)))
+    others.sort(reverse=True)
+    share = {k: v / wall_us for k, v in totals.items()}
+    share["untracked"] = max(0.0, 1.0 - sum(share.values()))
+    return {"profile_wall_s": wall_us / 1e6, "time_base": "device" if cuda else "cpu",
+            "shares": share,
+            "top_other": [{"op": key, "ms": us / 1e3, "share": us / wall_us, "calls": calls}
+                          for us, key, calls in others[:top]]}
+
+
+def measure(spec: str, precision: str, device: str, repeat: int, threads: int, top: int,
+            gemm_size: int, out: Path, compile_model: bool) -> dict:
+    """One preset at one precision, in this process."""
+    from recipe import recipe_weights, set_mask_feature_bias
+    from vitadapter import build_model
+    from vitadapter.backends.precision import autocast
+    from vitadapter.backends.torch import TorchRunner
+
+    if threads:
+        torch.set_num_threads(threads)
+    row: dict = {"preset": spec, "precision": precision, "device": device,
+                 "threads": torch.get_num_threads(), "compiled": compile_model,
+                 "load_start": os.getloadavg()[0]}
+    clock, machine_start = time.perf_counter(), cpu_seconds()
+    dtype = DTYPES[precision]
+    row["gemm_before"] = gemm_rate(device, dtype, gemm_size)
+    cfg = preset_config(spec)
+    row.update(family=family(cfg), crop=cfg.inference.crop_size[0], flops=count_flops(cfg))
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = build_model(cfg, device=device)
+    recipe_weights(model)
+    row["build_s"] = time.perf_counter() - start
+    crop = photo_crop(cfg).to(device)
+    # The recipe's mask-feature bias comes from an fp32 eager forward: for fp32 eager it is
+    # also the warm-up.
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast("fp32", torch.device(device)):
+        set_mask_feature_bias(model, lambda: model(crop))
+    synchronize(device)
+    row["warmup_s"] = time.perf_counter() - start
+    kwargs = {"compile": True} if compile_model else {}
+    runner = TorchRunner(model, precision, owns_model=True, **kwargs)  # type: ignore[arg-type]
+    if precision != "fp32" or compile_model:
+        start = time.perf_counter()
+        runner.forward(crop)
+        synchronize(device)
+        row["warmup_s"] = time.perf_counter() - start
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        scores = runner.forward(crop)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    row["times"] = times
+    row["seconds"] = statistics.median(times)
+    row.update(profile_forward(runner.forward, crop, device, top))
+    row["gemm_after"] = gemm_rate(device, dtype, gemm_size)
+    row["gemm"] = max(row["gemm_before"], row["gemm_after"])
+    row["share"] = row["flops"] / row["seconds"] / row["gemm"]
+    row["peak_gib"] = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
+                       else peak_rss_gib())
+    row["load_end"] = os.getloadavg()[0]
+    row["others_busy"] = others_busy(machine_start, time.perf_counter() - clock)
+    scores = scores[0].float().cpu()
+    top2 = scores.topk(2, dim=0).values
+    np.savez(out, scores=scores.numpy(), labels=scores.argmax(0).numpy().astype(np.int16),
+             margin=(top2[0] - top2[1]).numpy())
+    row["classes"] = int(np.unique(scores.argmax(0).numpy()).size)
+    return row
+
+
+# --- the parent: one process per case, tables ---------------------------------------------------
+
+
+def case_name(spec: str, precision: str) -> str:
+    return f"{spec.replace('@', '_')}-{precision}.npz"
+
+
+def compare(reference: Path, other: Path, tie: float = 1e-4) -> dict:
+    """Labels of ``other`` against ``reference``: differing pixels, and those among them where
+    the reference's top-2 margin is at least ``tie`` x the score scale (not a float32 tie);
+    the largest score difference relative to that scale."""
+    with np.load(reference) as ref, np.load(other) as oth:
+        scale = float(np.abs(ref["scores"]).max())
+        differ = ref["labels"] != oth["labels"]
+        clear = differ & (ref["margin"] >= tie * scale)
+        diff = float(np.abs(ref["scores"] - oth["scores"]).max()) / scale
+    return {"pixels": int(differ.size), "differ": int(differ.sum()),
+            "differ_outside_ties": int(clear.sum()), "max_rel_diff": diff}
+
+
+def machine() -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as file:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in file
+                               if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def print_tables(rows: list[dict], repeat: int, top: int) -> None:
+    print("| preset | family | crop | precision | TFLOP / crop | s / crop (median of "
+          f"{repeat}) | GEMM GFLOP/s before / after | share of GEMM | peak GiB | classes "
+          "| load avg | others busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mode = r["precision"] + (" compiled" if r["compiled"] else "")
+        print(f"| {r['preset']} | {r['family']} | {r['crop']} | {mode} | "
+              f"{r['flops'] / 1e12:.3f} | {r['seconds']:.2f} | "
+              f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f} | "
+              f"{r['share']:.0%} | {r['peak_gib']:.2f} | {r['classes']} | "
+              f"{r['load_start']:.1f} / {r['load_end']:.1f} | {r['others_busy']:.0%} |")
+    print(f"\nWhere the time goes (self time in one profiled forward, share of its wall time; "
+          f"top {top} other operators):\n")
+    print("| preset | precision | matmul / conv | attention | other ops | untracked | "
+          "top other operators |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["shares"]
+        ops = ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.1%}"
+                        for o in r["top_other"])
+        print(f"| {r['preset']} | {r['precision']} | {s['gemm']:.0%} | {s['attention']:.0%} | "
+              f"{s['other']:.0%} | {s['untracked']:.0%} | {ops} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS),
+                        metavar="NAME[@CROP]")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precisions", nargs="+", choices=sorted(DTYPES),
+                        help="default: fp32 on the CPU, fp32 and bf16 on CUDA")
+    parser.add_argument("--repeat", type=int, default=3, help="timed forwards (median)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--top", type=int, default=8, help="other operators listed")
+    parser.add_argument("--gemm-size", type=int, default=2048)
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--save", type=Path, help="keep each case's class scores in DIR")
+    parser.add_argument("--compare", type=Path,
+                        help="compare each case's labels with those saved in DIR")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each case, wait up to SECONDS for the other processes "
+                             "to leave the cores (nearly) idle")
+    parser.add_argument("--case", nargs=3, metavar=("PRESET", "PRECISION", "OUT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        spec, precision, out = args.case
+        print(json.dumps(measure(spec, precision, args.device, args.repeat, args.threads,
+                                 args.top, args.gemm_size, Path(out), args.compile)))
+        return
+
+    precisions = args.precisions or (["fp32", "bf16"] if args.device.startswith("cuda")
+                                     else ["fp32"])
+    common = ["--device", args.device, "--repeat", str(args.repeat), "--threads",
+              str(args.threads), "--top", str(args.top), "--gemm-size", str(args.gemm_size),
+              *(["--compile"] if args.compile else [])]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vitadapter-roofline-") as tmp:
+        folder = args.save or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for spec in args.presets:
+            for precision in precisions:
+                out = folder / case_name(spec, precision)
+                if args.wait_quiet:
+                    wait_quiet(args.wait_quiet)
+                row = run_case(__file__, spec, precision, str(out), *common)
+                if args.compare:
+                    row["compare"] = compare(args.compare / case_name(spec, precision), out)
+                rows.append(row)
+    print(f"\n{args.device}: {machine()}\n")
+    print_tables(rows, args.repeat, args.top)
+    if args.compare:
+        print(f"\nAgainst {args.compare}:\n")
+        print("| preset | precision | label pixels | differ | differ outside ties | "
+              "max score diff / scale |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            c = r["compare"]
+            print(f"| {r['preset']} | {r['precision']} | {c['pixels']} | {c['differ']} | "
+                  f"{c['differ_outside_ties']} | {c['max_rel_diff']:.1e} |")
+    if args.json:
+        from vitadapter.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps({"machine": machine(), "rows": rows},
+                                                indent=1))
+
+
+if __name__ == "__main__":
+    main()
