@@ -46,6 +46,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "fp16 (CUDA autocast) or int8 (quantised Linear layers, CPU)")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="allow pickled objects beyond tensors (only for files you trust)")
+    group.add_argument("--compile", action="store_true",
+                       help="run the model through torch.compile: the first window compiles "
+                            "(minutes for a large model), later processes reuse the compiled "
+                            "code cached in $VITADAPTER_HOME/compile")
 
 
 def add_onnx_argument(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +93,8 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
                                             ("--checkpoint", args.checkpoint),
                                             ("--behaviour", args.behaviour),
                                             ("--trust-checkpoint", args.trust_checkpoint),
-                                            ("--precision", args.precision != "fp32"))
+                                            ("--precision", args.precision != "fp32"),
+                                            ("--compile", args.compile))
                    if value]
         if clashes:
             raise VitAdapterError(f"--onnx takes the model from the file; drop "
@@ -99,4 +104,5 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     return Segmenter(args.model or SEED_PRESET, config=args.config, checkpoint=args.checkpoint,
                      device=args.device, behaviour=args.behaviour, tta=args.tta,
                      batch_windows=args.batch_windows,
-                     trust_checkpoint=args.trust_checkpoint, precision=args.precision)
+                     trust_checkpoint=args.trust_checkpoint, precision=args.precision,
+                     compile=args.compile)

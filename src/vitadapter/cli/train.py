@@ -73,13 +73,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(less memory, ~30%% more compute; default: on for the large models)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow pickled objects beyond tensors in --init (files you trust)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile of the backbone and decode head: the first iterations "
+                        "compile (minutes), later runs reuse the compiled code cached in "
+                        "$VITADAPTER_HOME/compile")
     p.set_defaults(run=run)
 
 
 # Options passed through to TrainSettings when given (None: the recipe's default there).
 _OPTIONAL = ("init", "iters", "batch_size", "crop", "lr", "weight_decay", "layer_decay",
              "warmup_iters", "drop_path", "num_points", "eval_interval", "save_interval",
-             "log_interval", "seed", "device", "num_workers", "precision", "with_cp")
+             "log_interval", "seed", "device", "num_workers", "precision", "with_cp",
+             "compile")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..backends.compile import compile_in_place
 from ..backends.precision import cpu_has_fast_bf16
 from ..config.schema import ModelConfig
 from ..data.custom import CustomLayout
@@ -93,11 +94,13 @@ class TrainSettings:
     # Gradient checkpointing of the ViT blocks and adapter interactions; None: on for the
     # large models (embed_dim >= 1024), as the official configs.
     with_cp: bool | None = None
+    # torch.compile of the backbone and the decode head (compiled code cached on disk).
+    compile: bool = False
     # Settings that may differ between a run and its resumption.
     RESUMABLE: tuple[str, ...] = field(default=("work_dir", "init", "eval_interval",
                                                 "save_interval", "log_interval", "device",
                                                 "num_workers", "resume", "trust_checkpoint",
-                                                "with_cp"),
+                                                "with_cp", "compile"),
                                        repr=False)
 
     def run_identity(self) -> dict[str, Any]:
@@ -251,6 +254,9 @@ class Trainer:
         large = self.config.backbone.embed_dim >= 1024
         self.with_cp = s.with_cp if s.with_cp is not None else large
         set_checkpointing(self.model, self.with_cp)
+        if s.compile:
+            for part in (self.model.backbone, self.model.decode_head):
+                compile_in_place(part)
         # Per-rank stream for drop path (the model above is the same on every rank).
         torch.manual_seed(s.seed + 1_000_003 * self.rank)
         self.points = SamplePoints(s.seed)
