@@ -42,7 +42,8 @@ def test_compile_refuses_int8(tiny_models):
 
 
 def test_cache_folder_follows_vitadapter_home(monkeypatch, tmp_path):
-    monkeypatch.delenv(compile_backend.ENV_CACHE, raising=False)
+    # Inductor writes its default into the variable when it is imported: not a choice.
+    monkeypatch.setenv(compile_backend.ENV_CACHE, compile_backend.default_cache_dir())
     monkeypatch.setenv("VITADAPTER_HOME", str(tmp_path))
     assert compile_backend.use_compile_cache() == tmp_path / "compile"
     assert os.environ[compile_backend.ENV_CACHE] == str(tmp_path / "compile")
@@ -53,3 +54,9 @@ def test_segment_onnx_refuses_compile(tmp_path, capsys):
     assert main(["segment", str(PHOTO), "--onnx", str(tmp_path / "m.onnx"), "--compile",
                  "--out", str(tmp_path)]) == 2
     assert "--onnx takes the model from the file; drop --compile" in capsys.readouterr().err
+
+
+def test_cache_folder_set_by_the_user_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv(compile_backend.ENV_CACHE, str(tmp_path / "mine"))
+    monkeypatch.setenv("VITADAPTER_HOME", str(tmp_path / "home"))
+    assert compile_backend.use_compile_cache() == tmp_path / "mine"

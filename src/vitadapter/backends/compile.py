@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from ..weights.download import cache_dir
 
@@ -28,15 +29,18 @@ OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"layout_optimizatio
 
 
 def compile_cache_dir() -> Path:
-    """Where the compiled artefacts are kept: ``$TORCHINDUCTOR_CACHE_DIR`` when set, else
-    ``$VITADAPTER_HOME/compile``."""
+    """Where the compiled artefacts are kept: ``$TORCHINDUCTOR_CACHE_DIR`` when the user set
+    it, else ``$VITADAPTER_HOME/compile``. (Inductor itself writes its default, a folder in
+    /tmp, into the variable as soon as it is imported: that value counts as unset.)"""
     named = os.environ.get(ENV_CACHE)
-    return Path(named) if named else cache_dir() / "compile"
+    if named and os.path.abspath(named) != os.path.abspath(default_cache_dir()):
+        return Path(named)
+    return cache_dir() / "compile"
 
 
 def use_compile_cache() -> Path:
     """Make inductor keep its caches in :func:`compile_cache_dir` (it reads the variable
-    when it compiles) and return that folder."""
+    whenever it looks a cached artefact up) and return that folder."""
     folder = compile_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[ENV_CACHE] = str(folder)
