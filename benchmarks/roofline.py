@@ -30,7 +30,9 @@ them (labels equal outside float32 ties, largest score difference), e.g. a chang
         [--json PATH] [--save DIR] [--compare DIR] [--compile]
 
 On CUDA the default precisions are fp32 (TF32 off, as the backend runs it) and bf16, each
-against the GEMM rate of its dtype.
+against the GEMM rate of its dtype (a GPU needs larger products to reach its peak:
+``--gemm-size 8192``), and the profile's shares are of device time, "untracked" being the time
+the GPU waited for the host.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # kernel names on a GPU.
 _GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
              "aten::matmul", "aten::linear", "aten::einsum", "aten::_addmm_activation"}
-_GEMM_WORDS = ("conv", "gemm", "cutlass", "xmma", "cublas", "wgmma")
+_GEMM_WORDS = ("conv", "gemm", "cutlass", "xmma", "cublas", "wgmma", "winograd", "fprop",
+               "cudnn")
 _ATTENTION_WORDS = ("scaled_dot_product", "flash", "fmha", "attention")
 
 

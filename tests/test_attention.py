@@ -47,6 +47,21 @@ def test_beit_attention_in_blocks_of_query_rows(monkeypatch):
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
 
 
+def test_beit_attention_with_explicit_scores_for_long_sequences(monkeypatch):
+    """From _EXPLICIT_TOKENS tokens on (the CPU, no autograd) the blocks compute explicit
+    scores with the bias added from the strided view: blocks of 2 window rows here."""
+    from vitadapter.modeling.backbones import beit
+
+    monkeypatch.setattr(beit, "_EXPLICIT_TOKENS", 36)
+    monkeypatch.setattr(beit, "_SCORE_ROWS", 15)
+    torch.manual_seed(3)
+    attn = Attention(32, 2, (5, 7), qkv_bias=True, use_rel_pos_bias=True).eval()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_(std=1.0)
+    fast, reference = both_paths(attn, torch.randn(2, 5 * 7 + 1, 32))
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+
+
 def test_beit_attention_reuses_its_bias_buffer_in_and_out_of_inference_mode():
     torch.manual_seed(2)
     attn = Attention(32, 2, (4, 4), qkv_bias=True, use_rel_pos_bias=True).eval()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitadapter.modeling.layers import token_map, transposed_conv2x2_add
+from vitadapter.modeling.layers import (
+    pointwise_conv_to_contiguous,
+    token_map,
+    transposed_conv2x2_add,
+)
 
 
 def test_transposed_conv2x2_is_the_convolution_plus_the_residual():
@@ -55,4 +59,15 @@ def test_depthwise_conv_of_the_token_groups_matches_the_plain_convolution():
         expected = torch.cat([
             module.dwconv(token_map(part, side, side)).flatten(2).transpose(1, 2)
             for part, side in zip(x.split([64, 16, 4], dim=1), (8, 4, 2), strict=True)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_pointwise_conv_of_a_channels_last_map_is_contiguous():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 1).eval()
+    x = torch.randn(2, 4, 3, 5).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = pointwise_conv_to_contiguous(conv, x)
+        expected = conv(x)
+    assert out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)

@@ -49,6 +49,9 @@ class Segmenter:
     runs that many slide windows per forward pass (same results, more memory). ``precision``
     is ``"fp32"`` (default, the official numbers), ``"bf16"`` (autocast, CPU or CUDA),
     ``"fp16"`` (autocast, CUDA) or ``"int8"`` (dynamically quantised Linear layers, CPU).
+    ``compile=True`` runs the PyTorch model through ``torch.compile`` (the first window of each
+    batch size compiles, minutes for a large model; the compiled code is cached on disk under
+    ``$VITADAPTER_HOME/compile``, so later processes start in seconds).
     The class methods build one from each kind of source: :meth:`from_pretrained`,
     :meth:`from_config`, :meth:`from_model`, :meth:`from_onnx`.
     """
@@ -58,13 +61,14 @@ class Segmenter:
                  behaviour: Behaviour | None = None, tta: bool = False,
                  batch_windows: int = 1, trust_checkpoint: bool = False,
                  precision: Precision = "fp32",
-                 backbone_checkpoint: str | Path | None = None) -> None:
+                 backbone_checkpoint: str | Path | None = None,
+                 compile: bool = False) -> None:
         if batch_windows < 1:
             raise ConfigError(f"batch_windows must be at least 1, got {batch_windows}")
         runner = model if not isinstance(model, str) else _load_torch_runner(
             config if config is not None else model, checkpoint, device=device,
             behaviour=behaviour, precision=precision, trust_checkpoint=trust_checkpoint,
-            backbone_checkpoint=backbone_checkpoint)
+            backbone_checkpoint=backbone_checkpoint, compile=compile)
         self.runner: CropRunner = runner
         self.tta = tta
         self.batch_windows = batch_windows
@@ -82,12 +86,13 @@ class Segmenter:
 
     @classmethod
     def from_model(cls, model: SegmentationModel, *, tta: bool = False, batch_windows: int = 1,
-                   precision: Precision = "fp32") -> Segmenter:
+                   precision: Precision = "fp32", compile: bool = False) -> Segmenter:
         """Wrap an already built (and loaded) :class:`SegmentationModel`, e.g. one with random
         weights for benchmarks."""
         from .backends.torch import TorchRunner
 
-        return cls(TorchRunner(model, precision), tta=tta, batch_windows=batch_windows)
+        return cls(TorchRunner(model, precision, compile=compile), tta=tta,
+                   batch_windows=batch_windows)
 
     @classmethod
     def from_onnx(cls, path: str | Path, *, providers: Sequence[str] | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from ..pipeline.merge import LabelMap
 from ..pipeline.preprocess import View
 from ..weights.checkpoint import load_checkpoint
 from .base import ModelInfo
+from .compile import compile_module
 from .precision import autocast, check_precision, prepare_model
 from .torch_merge import check_finite_on_device, merge_on_device, run_windows_on_device
 
@@ -69,28 +70,39 @@ def load_model(cfg: ConfigLike, checkpoint: str | Path, *, device: str = "cpu",
 class TorchRunner:
     """Runs batches of normalised crops through a loaded :class:`SegmentationModel` at
     ``precision`` (``owns_model``: int8 may quantise the model in place instead of a copy;
-    ``int8_groups``: which Linear groups int8 quantises, see ``backends.precision``)."""
+    ``int8_groups``: which Linear groups int8 quantises, see ``backends.precision``).
+
+    ``compile``: the forward runs through ``torch.compile`` (inductor, compiled on the first
+    call of each batch size, the compiled code cached on disk: :mod:`.compile`)."""
 
     def __init__(self, model: SegmentationModel, precision: Precision = "fp32",
-                 owns_model: bool = False, int8_groups: Sequence[str] | None = None) -> None:
+                 owns_model: bool = False, int8_groups: Sequence[str] | None = None,
+                 compile: bool = False) -> None:
         self._device = next(model.parameters()).device
         self.device = str(self._device)
         self.precision = check_precision(precision, self._device)
+        if compile and self.precision == "int8":
+            raise ConfigError("compile does not take int8 (dynamically quantised Linear "
+                              "layers); use fp32 or bf16 with compile")
         self.info = ModelInfo.of(model.config, model.classes, model.palette)
         self.model = prepare_model(model.eval(), self.precision, inplace=owns_model,
                                    int8_groups=int8_groups)
+        self.compiled = compile
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = (
+            compile_module(self.model) if compile else self.model)
 
     @classmethod
     def load(cls, cfg: ConfigLike, checkpoint: str | Path, *, device: str | int | None = None,
              behaviour: Behaviour | None = None, precision: Precision = "fp32",
              trust_checkpoint: bool = False,
-             backbone_checkpoint: str | Path | None = None) -> TorchRunner:
+             backbone_checkpoint: str | Path | None = None,
+             compile: bool = False) -> TorchRunner:
         """Build the model of ``cfg``, load ``checkpoint`` (and ``backbone_checkpoint``) into
         it and wrap it."""
         model = load_model(cfg, checkpoint, device=resolve_device(device),
                            behaviour=behaviour, trust_checkpoint=trust_checkpoint,
                            backbone_checkpoint=backbone_checkpoint)
-        return cls(model, precision, owns_model=True)
+        return cls(model, precision, owns_model=True, compile=compile)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         return self.forward(torch.from_numpy(np.ascontiguousarray(crops))).cpu().numpy()
@@ -98,7 +110,7 @@ class TorchRunner:
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         """Class scores of a crop batch, float32 on the runner's device."""
         with torch.inference_mode(), autocast(self.precision, self._device):
-            return self.model(crops.to(self._device)).float()
+            return self._forward(crops.to(self._device)).float()
 
     def slide_merge(self, views: Sequence[View], crop: tuple[int, int],
                     stride: tuple[int, int], batch_windows: int = 1) -> LabelMap:

@@ -54,6 +54,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "channel; the rest stays fp32)")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="allow pickled objects beyond tensors (only for files you trust)")
+    group.add_argument("--compile", action="store_true",
+                       help="run the model through torch.compile: the first window compiles "
+                            "(minutes for a large model), later processes reuse the compiled "
+                            "code cached in $VITADAPTER_HOME/compile")
 
 
 def add_onnx_argument(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +106,8 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
                                              args.backbone_checkpoint),
                                             ("--behaviour", args.behaviour),
                                             ("--trust-checkpoint", args.trust_checkpoint),
-                                            ("--precision", args.precision != "fp32"))
+                                            ("--precision", args.precision != "fp32"),
+                                            ("--compile", args.compile))
                    if value]
         if clashes:
             raise VitAdapterError(f"--onnx takes the model from the file; drop "
@@ -113,4 +118,4 @@ def segmenter_from_args(args: argparse.Namespace) -> Segmenter:
                      device=args.device, behaviour=args.behaviour, tta=args.tta,
                      batch_windows=args.batch_windows,
                      trust_checkpoint=args.trust_checkpoint, precision=args.precision,
-                     backbone_checkpoint=args.backbone_checkpoint)
+                     backbone_checkpoint=args.backbone_checkpoint, compile=args.compile)

@@ -62,13 +62,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(less memory, ~30%% more compute; default: on for the large models)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow pickled objects beyond tensors in --init (files you trust)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile of the backbone and decode head: the first iterations "
+                        "compile (minutes), later runs reuse the compiled code cached in "
+                        "$VITADAPTER_HOME/compile")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
-    names = ["init", "crop", "device", "precision", "with_cp", *(f.name for f in option_fields())]
+    names = ["init", "crop", "device", "precision", "with_cp", "compile",
+             *(f.name for f in option_fields())]
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.img_scale:
         given["img_scale"] = tuple(args.img_scale)

@@ -105,6 +105,8 @@ class TrainSettings:
     with_cp: bool | None = None
     # Progress bars on stderr (over the iterations and each in-training evaluation).
     progress: bool = True
+    # torch.compile of the backbone and the decode head (compiled code cached on disk).
+    compile: bool = False
     backbone_checkpoint: str | None = option(
         None, "the ViT's starting weights as a file of their own: Meta's "
               "dinov3_*_pretrain_*.pth or transformers' DINOv3 safetensors (read again on "
@@ -123,7 +125,7 @@ class TrainSettings:
     RESUMABLE: tuple[str, ...] = field(default=(
         "work_dir", "init", "iters", "eval_interval", "save_interval", "keep_checkpoints",
         "log_interval", "device", "num_workers", "resume", "trust_checkpoint", "with_cp",
-        "progress", "backbone_checkpoint"), repr=False)
+        "progress", "backbone_checkpoint", "compile"), repr=False)
 
     def run_identity(self) -> dict[str, Any]:
         """The settings that define the run (what a resume must repeat)."""

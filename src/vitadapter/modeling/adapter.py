@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import BackboneConfig, Behaviour
+from ..ops import fast_inference
 from .backbones import beit, dinov3, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
@@ -18,6 +19,7 @@ from .layers import (
     cached_constant,
     fresh_gelu,
     maybe_checkpoint,
+    pointwise_conv_to_contiguous,
     token_map,
     transposed_conv2x2_add,
 )
@@ -69,13 +71,17 @@ class SpatialPriorModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns c1 as a (B, C, H/4, W/4) map and c2..c4 as (B, HW, C) token sequences."""
+        fast = fast_inference()
+        if fast:  # channels-last: the narrow convolutions run about twice as fast on a CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         c1 = self.stem(x)
         c2 = self.conv2(c1)
         c3 = self.conv3(c2)
         c4 = self.conv4(c3)
+        # (From channels-last maps these tokens are contiguous.)
         tokens = [fc(c).flatten(2).transpose(1, 2)
                   for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
-        return self.fc1(c1), tokens
+        return (pointwise_conv_to_contiguous(self.fc1, c1) if fast else self.fc1(c1)), tokens
 
 
 class DWConv(nn.Module):

@@ -59,6 +59,18 @@ def token_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(batch, channels, height, width).contiguous()
 
 
+def pointwise_conv_to_contiguous(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution (with bias) of a map in any layout, as one matrix product whose
+    result is a contiguous (B, C, H, W) map (the convolution would keep a channels-last
+    input's layout, and converting a large map afterwards costs a transposing copy)."""
+    batch, channels, height, width = x.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    weight = conv.weight.view(conv.out_channels, channels)
+    bias = conv.bias.view(1, -1, 1) if conv.bias is not None else x.new_zeros(1, 1, 1)
+    out = torch.baddbmm(bias, weight.expand(batch, -1, -1), pixels.transpose(1, 2))
+    return out.view(batch, conv.out_channels, height, width)
+
+
 def transposed_conv2x2_add(conv: nn.ConvTranspose2d, x: torch.Tensor,
                            residual: torch.Tensor) -> torch.Tensor:
     """``conv(x) + residual`` for a 2x2 transposed convolution of stride 2, where every input

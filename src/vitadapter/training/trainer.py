@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..backends.compile import compile_in_place
 from ..backends.precision import cpu_has_fast_bf16
 from ..config.schema import ModelConfig, UperNetConfig
 from ..config.training import (
@@ -262,6 +263,9 @@ class Trainer:
         large = self.config.backbone.embed_dim >= 1024
         self.with_cp = s.with_cp if s.with_cp is not None else large
         self.model.set_grad_checkpointing(self.with_cp)
+        if s.compile:
+            for part in (self.model.backbone, self.model.decode_head):
+                compile_in_place(part)
         # Per-rank stream for drop path (the model above is the same on every rank).
         torch.manual_seed(s.seed + 1_000_003 * self.rank)
         self.points = SamplePoints(s.seed)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops import use_reference
+from ...ops import fast_inference, use_reference
 from ..layers import cached_constant, fresh_gelu, maybe_checkpoint
 
 
@@ -54,6 +54,10 @@ INDEX_KEY = "relative_position_index"
 # Query rows per attention call of the fast path, rounded down to whole window rows (the bias
 # rows copied for them take heads x rows x (N+1) floats: 100 MB for 16 heads at 896).
 _BIAS_ROWS = 512
+# From this many tokens on the CPU the attention computes explicit scores, in blocks of about
+# this many query rows (see Attention._attend_in_row_blocks).
+_EXPLICIT_TOKENS = 2048
+_SCORE_ROWS = 128
 _scratch = threading.local()
 
 
@@ -182,19 +186,34 @@ class Attention(nn.Module):
         cls_mask = torch.cat((cls_to_cls[:, None], to_patch[:, None].expand(-1, patches)), 1)
         out[:, :, :1] = F.scaled_dot_product_attention(
             q[:, :, :1], k, v, scale=self.scale, attn_mask=cls_mask.view(1, heads, 1, tokens))
+        # Long sequences on the CPU: explicit scores per block, the bias added from the strided
+        # view directly (no mask copy; 15 % faster at 3137 tokens, slower at 1025).
+        explicit = tokens >= _EXPLICIT_TOKENS and q.device.type == "cpu" and fast_inference()
         reversed_q = q[:, :, 1:].flip(2)
+        if explicit:
+            reversed_q.mul_(self.scale)  # (q * scale) @ k^T, as the official code
         reversed_out = torch.empty_like(reversed_q)
-        lines = max(1, _BIAS_ROWS // ww)  # window rows per block
-        buffer = _bias_buffer(heads * lines * ww * tokens, q.dtype, q.device)
+        batch = q.shape[0] if explicit else 1
+        lines = max(1, (_SCORE_ROWS if explicit else _BIAS_ROWS) // ww)  # window rows per block
+        buffer = _bias_buffer(batch * heads * lines * ww * tokens, q.dtype, q.device)
         for first in range(0, wh, lines):
             count = min(lines, wh - first)
             rows = slice(first * ww, (first + count) * ww)
-            mask = buffer[:heads * count * ww * tokens].view(heads, count * ww, tokens)
-            mask[:, :, 0] = from_cls[:, None]
-            mask[:, :, 1:].unflatten(2, (wh, ww)).unflatten(1, (count, ww)).copy_(
+            block = buffer[:batch * heads * count * ww * tokens].view(batch, heads, count * ww,
+                                                                     tokens)
+            if explicit:
+                torch.matmul(reversed_q[:, :, rows], k.transpose(-2, -1), out=block)
+                block[..., 0].add_(from_cls[:, None])
+                block[..., 1:].unflatten(3, (wh, ww)).unflatten(2, (count, ww)).add_(
+                    windows[:, first:first + count])
+                torch.softmax(block, -1, out=block)
+                reversed_out[:, :, rows] = torch.matmul(block, v)
+                continue
+            block[..., 0] = from_cls[:, None]
+            block[..., 1:].unflatten(3, (wh, ww)).unflatten(2, (count, ww)).copy_(
                 windows[:, first:first + count])
             reversed_out[:, :, rows] = F.scaled_dot_product_attention(
-                reversed_q[:, :, rows], k, v, scale=self.scale, attn_mask=mask[None])
+                reversed_q[:, :, rows], k, v, scale=self.scale, attn_mask=block)
         out[:, :, 1:] = reversed_out.flip(2)
         return out
 
