@@ -57,6 +57,9 @@ DEFAULT_PRESETS = (
     "ade20k-augreg-adapter-l-upernet-512",   # AugReg-L ViT-Adapter + UperNet
     "cocostuff10k-beit-adapter-b-m2f-512",   # BEiT-B Adapter + Mask2Former
     PRESET,                                  # BEiT-L Adapter + Mask2Former at 896 (the seed)
+    "dinov3-vits16-adapter-m2f",             # DINOv3 Adapters (no injector) + Mask2Former
+    "dinov3-vitb16-adapter-m2f",
+    "dinov3-vitl16-adapter-m2f",
 )
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Profiler keys (lower case) of matrix products and convolutions: aten operators on the CPU,
