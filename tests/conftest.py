@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,18 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def merge_peak(slides: list) -> tuple[object, int]:
+    """``merge_views(slides)`` and the peak of the Python-level memory it allocated."""
+    from vitadapter.pipeline.merge import merge_views
+
+    tracemalloc.start()
+    try:
+        merged = merge_views(slides)
+        return merged, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def set_config(name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vitadapter.modeling.backbones.beit import Attention
@@ -32,33 +33,24 @@ def test_beit_attention_with_relative_position_bias():
     assert (without_bias - reference).abs().max() > 0.1
 
 
-def test_beit_attention_in_blocks_of_query_rows(monkeypatch):
+@pytest.mark.parametrize("limits", [{"_BIAS_ROWS": 15},
+                                    {"_EXPLICIT_TOKENS": 36, "_SCORE_ROWS": 15}],
+                         ids=["fused-blocks", "explicit-scores"])
+def test_beit_attention_in_blocks_of_query_rows(monkeypatch, limits):
     """The fast path copies the bias for a few window rows of queries at a time: 35 patch
     queries (5 rows of 7) in blocks of 2 rows (the last one partial), in reverse order, and
-    the cls query on its own equal the whole explicit computation."""
+    the cls query on its own equal the whole explicit computation; from _EXPLICIT_TOKENS tokens
+    on (the CPU, no autograd) the blocks compute explicit scores with the bias added from the
+    strided view."""
     from vitadapter.modeling.backbones import beit
 
-    monkeypatch.setattr(beit, "_BIAS_ROWS", 15)
+    for name, value in limits.items():
+        monkeypatch.setattr(beit, name, value)
     torch.manual_seed(1)
     attn = Attention(32, 2, (5, 7), qkv_bias=True, use_rel_pos_bias=True).eval()
     with torch.no_grad():
         attn.relative_position_bias_table.normal_(std=1.0)
     fast, reference = both_paths(attn, torch.randn(3, 5 * 7 + 1, 32))
-    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
-
-
-def test_beit_attention_with_explicit_scores_for_long_sequences(monkeypatch):
-    """From _EXPLICIT_TOKENS tokens on (the CPU, no autograd) the blocks compute explicit
-    scores with the bias added from the strided view: blocks of 2 window rows here."""
-    from vitadapter.modeling.backbones import beit
-
-    monkeypatch.setattr(beit, "_EXPLICIT_TOKENS", 36)
-    monkeypatch.setattr(beit, "_SCORE_ROWS", 15)
-    torch.manual_seed(3)
-    attn = Attention(32, 2, (5, 7), qkv_bias=True, use_rel_pos_bias=True).eval()
-    with torch.no_grad():
-        attn.relative_position_bias_table.normal_(std=1.0)
-    fast, reference = both_paths(attn, torch.randn(2, 5 * 7 + 1, 32))
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
 
 

@@ -6,7 +6,6 @@ evaluate_segmentation_model on synthetic crop scores."""
 from __future__ import annotations
 
 import json
-import tracemalloc
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -40,7 +39,7 @@ from vitadapter.pipeline.preprocess import (
 from vitadapter.pipeline.windows import SummedScores, run_windows, view_windows
 from vitadapter.stream import segment_stream
 
-from .conftest import REFERENCE
+from .conftest import REFERENCE, merge_peak
 
 SET = REFERENCE / "tiny-dinov3-adapter-m2f"
 SET_PHOTO = SET / "input.png"
@@ -353,10 +352,7 @@ def test_merge_of_a_large_photo_never_holds_its_score_volume():
     slide = SummedScores(view, view_windows(view, (96, 96), (64, 64), "dinov3"), (96, 96))
     for window in slide.windows:
         slide.add(rng.random((150, *window.shape), dtype=np.float32))
-    tracemalloc.start()
-    merged = merge_views([slide])
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    merged, peak = merge_peak([slide])
     assert merged.labels.shape == (1200, 1600)
     assert peak < 300 * 2**20, f"merge peaked at {peak / 2**20:.0f} MiB"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from vitadapter.pipeline.preprocess import View
 from vitadapter.pipeline.resample import linear_taps, resize_rows, resize_width
 from vitadapter.pipeline.windows import SlideScores, run_windows, sliding_windows
 
-from .conftest import PHOTO, assert_official_labels, expected
+from .conftest import PHOTO, assert_official_labels, expected, merge_peak
 
 
 def brute_force_windows(h, w, crop, stride):
@@ -105,10 +103,7 @@ def test_merge_memory_is_bounded(segmenter):
     slide = SlideScores(view, sliding_windows(128, 192, (128, 128), (64, 64)),
                         [rng.random((c, 32, 32), dtype=np.float32) for _ in range(2)],
                         (128, 128))
-    tracemalloc.start()
-    merged = merge_views([slide])
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    merged, peak = merge_peak([slide])
     assert merged.labels.shape == (1000, 1500)
     assert peak < 200 * 2**20, f"merge peaked at {peak / 2**20:.0f} MiB"
 
