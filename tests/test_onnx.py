@@ -33,8 +33,13 @@ def exported(tiny_models, tmp_path_factory) -> dict[str, Path]:
             for name, model in tiny_models.items()}
 
 
-def crops(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(count, 3, 128, 128)).astype(np.float32)
+def crops(count: int) -> np.ndarray:
+    """``count`` 128x128 windows of the reference photo's normalised 128x192 input: random
+    noise gives near-zero mask logits, where Mask2Former's masked attention flips with the last
+    bits of float32 sums (the fast path then differs by percents depending on the thread
+    count); the photo's windows keep clear of that (the sets' recorded margins)."""
+    image = expected("tiny-upstream")["img"][0]
+    return np.stack([image[:, :, x:x + 128] for x in np.linspace(0, 64, count).astype(int)])
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
@@ -295,7 +300,7 @@ def test_vit_adapter_upernet_exports_and_matches_pytorch(upernet_models, tmp_pat
     gives the official label map."""
     name = "tiny-vit-adapter-upernet"
     path = export_onnx(upernet_models[name], tmp_path / "vit.onnx", weights="checkpoint.pth")
-    batch = crops(2, seed=1)
+    batch = crops(2)
     with torch.inference_mode(), reference_path():
         reference = upernet_models[name](torch.from_numpy(batch)).numpy()
     scores = OnnxRunner.load(path)(batch)
