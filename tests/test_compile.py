@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from vitadapter import Segmenter
 from vitadapter.backends import compile as compile_backend
@@ -43,7 +44,7 @@ def test_compile_refuses_int8(tiny_models):
 
 def test_cache_folder_follows_vitadapter_home(monkeypatch, tmp_path):
     # Inductor writes its default into the variable when it is imported: not a choice.
-    monkeypatch.setenv(compile_backend.ENV_CACHE, compile_backend.default_cache_dir())
+    monkeypatch.setenv(compile_backend.ENV_CACHE, default_cache_dir())
     monkeypatch.setenv("VITADAPTER_HOME", str(tmp_path))
     assert compile_backend.use_compile_cache() == tmp_path / "compile"
     assert os.environ[compile_backend.ENV_CACHE] == str(tmp_path / "compile")

@@ -19,6 +19,8 @@ socket.getaddrinfo = refuse
 
 import torch
 from vitadapter import build_model, load_checkpoint
+import vitadapter.backends.torch, vitadapter.cli, vitadapter.training.trainer  # what segment
+                                                                                # and train load
 
 model = build_model({str(set_config("tiny-upstream"))!r}, device="meta")
 load_checkpoint(model, {str(CHECKPOINT)!r})

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+from ..ops import use_reference
 from ..weights.download import cache_dir
 
 ENV_CACHE = "TORCHINDUCTOR_CACHE_DIR"
@@ -32,6 +32,8 @@ def compile_cache_dir() -> Path:
     """Where the compiled artefacts are kept: ``$TORCHINDUCTOR_CACHE_DIR`` when the user set
     it, else ``$VITADAPTER_HOME/compile``. (Inductor itself writes its default, a folder in
     /tmp, into the variable as soon as it is imported: that value counts as unset.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # only to compile
+
     named = os.environ.get(ENV_CACHE)
     if named and os.path.abspath(named) != os.path.abspath(default_cache_dir()):
         return Path(named)
@@ -47,15 +49,21 @@ def use_compile_cache() -> Path:
     return folder
 
 
+def _prepare() -> None:
+    """The on-disk cache, and the kernel-path switch read as a constant while tracing."""
+    use_compile_cache()
+    torch.compiler.assume_constant_result(use_reference)
+
+
 def compile_module(module: nn.Module) -> Callable[..., torch.Tensor]:
     """``module`` compiled by inductor with static shapes and the on-disk cache; the
     compilation itself happens on the first call."""
-    use_compile_cache()
+    _prepare()
     return torch.compile(module, dynamic=False, options=OPTIONS)
 
 
 def compile_in_place(module: nn.Module) -> None:
     """Compile ``module`` in place (its parameters and state-dict keys stay as they are), with
     static shapes and the on-disk cache."""
-    use_compile_cache()
+    _prepare()
     module.compile(dynamic=False, options=OPTIONS)

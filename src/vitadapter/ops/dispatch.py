@@ -11,10 +11,10 @@ import torch
 _REFERENCE: ContextVar[bool] = ContextVar("vitadapter_reference_path", default=False)
 
 
-@torch.compiler.assume_constant_result
 def use_reference() -> bool:
     """True while :func:`reference_path` is active (``torch.compile`` reads it once, when it
-    traces: compile under the path that is meant to run)."""
+    traces: compile under the path that is meant to run; ``backends.compile`` marks it so,
+    which imports the compiler only when one is used)."""
     return _REFERENCE.get()
 
 
