@@ -25,7 +25,7 @@ from vitadapter.ops import reference_path
 from .conftest import CHECKPOINT, PHOTO, assert_official_labels, expected, set_config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once: the session-scoped reference_set reorders tests
 def exported(tiny_models, tmp_path_factory) -> dict[str, Path]:
     """Each reference model exported once."""
     folder = tmp_path_factory.mktemp("onnx")

@@ -87,7 +87,7 @@ def photo_slides(segmenter):
 
 def test_banded_merge_equals_whole_merge(photo_slides):
     whole = merge_views(photo_slides, band_rows=10_000)
-    for rows in (7, 64):  # (a band of one row: tests/test_merge_cells.py)
+    for rows in (23, 64):  # (a band of one row: tests/test_merge_cells.py)
         banded = merge_views(photo_slides, band_rows=rows)
         assert np.array_equal(banded.labels, whole.labels)
         assert np.array_equal(banded.confidence, whole.confidence)
