@@ -34,7 +34,10 @@ def test_predictor_labels_a_batch_as_the_segmenter_does(segmenter):
 
 def test_map_batches_on_a_local_ray(segmenter):
     ray = pytest.importorskip("ray", reason="ray is optional: pip install vitadapter[ray]")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    # Ray starts its workers at nice 15: beside other busy processes they got ~3 % of a core
+    # (the actor's start took 3 minutes instead of 6 s); at 0 they compete as the test does.
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+             _system_config={"worker_niceness": 0})
     try:
         ds = ray.data.from_items([{"image": image} for image in images()])
         rows = ds.map_batches(RayPredictor, fn_constructor_kwargs=KWARGS, batch_size=2,
