@@ -42,6 +42,8 @@ def cached_constant(maxsize: int) -> Callable[[Constant], Constant]:
                 return function(*args, **kwargs)
         return cached
     return decorate
+
+
 def fresh_gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU of a tensor nothing else holds: in place where :func:`fast_inference` (a fresh
     temporary of the size of the MLP activations, 51 MB per BEiT-L block at 896, costs page
