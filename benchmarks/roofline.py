@@ -18,7 +18,10 @@ the repository's photo:
   quiet; ``--wait-quiet`` waits for a quiet moment before each case);
 * a ``torch.profiler`` profile of one more forward: the self time of matrix products and
   convolutions, of attention kernels, of every other operator (the top ones listed) and the
-  time no operator accounts for (Python and dispatch overhead; on a GPU, device idle time).
+  time no operator accounts for (Python and dispatch overhead; on a GPU, device idle time);
+  and the rate of the products themselves (FLOPs / their self time, as a share of the GEMM
+  rate): the share the forward would reach with nothing between its products, the ceiling
+  of the work between them.
 
 ``--save DIR`` keeps each forward's class scores; ``--compare DIR`` checks a later run against
 them (labels equal outside float32 ties, largest score difference), e.g. a change or
@@ -271,6 +274,9 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
     row["gemm_after"] = gemm_rate(device, dtype, gemm_size)
     row["gemm"] = max(row["gemm_before"], row["gemm_after"])
     row["share"] = row["flops"] / row["seconds"] / row["gemm"]
+    # The share if nothing ran between the matrix products: the products' own rate.
+    product_s = row["profile_wall_s"] * (row["shares"]["gemm"] + row["shares"]["attention"])
+    row["products_share"] = row["flops"] / product_s / row["gemm"] if product_s else 0.0
     row["peak_gib"] = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
                        else peak_rss_gib())
     row["load_end"] = os.getloadavg()[0]
@@ -333,14 +339,14 @@ def print_tables(rows: list[dict], repeat: int, top: int) -> None:
     print(f"\nWhere the time goes (self time in one profiled forward, share of its wall time; "
           f"top {top} other operators):\n")
     print("| preset | precision | matmul / conv | attention | other ops | untracked | "
-          "top other operators |")
-    print("|---|---|---|---|---|---|---|")
+          "products at (share of GEMM) | top other operators |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["shares"]
         ops = ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.1%}"
                         for o in r["top_other"])
         print(f"| {r['preset']} | {r['precision']} | {s['gemm']:.0%} | {s['attention']:.0%} | "
-              f"{s['other']:.0%} | {s['untracked']:.0%} | {ops} |")
+              f"{s['other']:.0%} | {s['untracked']:.0%} | {r['products_share']:.0%} | {ops} |")
 
 
 def main() -> None:

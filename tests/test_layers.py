@@ -6,8 +6,12 @@ import torch
 from torch import nn
 
 from vitadapter.modeling.layers import (
+    Conv2d,
+    conv_bn_relu,
+    folded_conv_bn,
     pointwise_conv_to_contiguous,
     token_map,
+    transposed,
     transposed_conv2x2_add,
 )
 
@@ -71,3 +75,86 @@ def test_pointwise_conv_of_a_channels_last_map_is_contiguous():
         expected = conv(x)
     assert out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_blocked_transposing_copy_is_exact():
+    """Sizes over one block in both directions, and ragged last blocks."""
+    x = torch.randn(2, 600, 1100)
+    with torch.inference_mode():
+        out = transposed(x)
+        back = transposed(out)
+    assert out.is_contiguous() and torch.equal(out, x.transpose(1, 2))
+    assert torch.equal(back, x)
+
+
+def _conv_bn(kernel: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(8, 6, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return conv, bn.eval()
+
+
+def test_folded_batchnorm_equals_conv_then_batchnorm():
+    x = torch.randn(2, 8, 7, 9)
+    for kernel in (1, 3):
+        conv, bn = _conv_bn(kernel)
+        expected = torch.relu(bn(conv(x)))
+        with torch.inference_mode():
+            out = conv_bn_relu(conv, bn, x)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_batchnorm_follows_changes_of_the_parameters_and_statistics():
+    conv, bn = _conv_bn(3)
+    x = torch.randn(1, 8, 5, 5)
+    with torch.inference_mode():
+        first = folded_conv_bn(conv, bn)
+        assert folded_conv_bn(conv, bn)[0] is first[0]  # cached
+    with torch.no_grad():
+        bn.running_mean.add_(1.0)  # in place: a new version
+    with torch.inference_mode():
+        out = conv_bn_relu(conv, bn, x)
+    torch.testing.assert_close(out, torch.relu(bn(conv(x))), rtol=1e-5, atol=1e-5)
+    other_conv, other_bn = _conv_bn(3)
+    with torch.no_grad():
+        other_conv.weight.mul_(2.0)
+    conv.load_state_dict(other_conv.state_dict())
+    with torch.inference_mode():
+        out = conv_bn_relu(conv, bn, x)
+    torch.testing.assert_close(out, torch.relu(bn(other_conv(x))), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_is_not_folded_in_training():
+    conv, bn = _conv_bn(3)
+    bn.train()
+    x = torch.randn(2, 8, 5, 5)
+    out = conv_bn_relu(conv, bn, x)
+    assert torch.equal(out, torch.relu(nn.functional.batch_norm(
+        conv(x), None, None, bn.weight, bn.bias, True, 0.0, bn.eps)))
+
+
+def test_pointwise_conv_module_runs_as_a_product_and_keeps_its_hooks():
+    torch.manual_seed(0)
+    conv = Conv2d(5, 7, 1).eval()
+    seen = []
+    conv.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    x = torch.randn(2, 5, 4, 6)
+    with torch.inference_mode():
+        out = conv(x)
+    torch.testing.assert_close(out, nn.functional.conv2d(x, conv.weight, conv.bias),
+                               rtol=0, atol=1e-6)
+    assert out.is_contiguous() and seen == [torch.Size([2, 7, 4, 6])]
+
+
+def test_upernet_concatenation_of_resized_maps_is_written_in_place_with_the_same_values():
+    from vitadapter.modeling.heads.upernet import _cat_upsampled, _upsample
+
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 3, 8, 10), torch.randn(2, 4, 4, 5), torch.randn(2, 2, 2, 3)]
+    expected = torch.cat([maps[0], *(_upsample(m, (8, 10)) for m in maps[1:])], dim=1)
+    with torch.inference_mode():
+        out = _cat_upsampled(maps, torch.Size((8, 10)))
+    assert torch.equal(out, expected)

@@ -17,6 +17,7 @@ from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
 from .layers import (
     cached_constant,
+    conv_bn_relu,
     fresh_gelu,
     maybe_checkpoint,
     pointwise_conv_to_contiguous,
@@ -52,6 +53,23 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
             nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
+def _run_stage(stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A stage of the stem: its conv, BatchNorm, ReLU triples through :func:`conv_bn_relu`
+    (folded in fast inference), other modules as they are."""
+    modules = list(stage)
+    i = 0
+    while i < len(modules):
+        conv, bn, relu = ([*modules[i:i + 3], None, None])[:3]
+        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                and isinstance(relu, nn.ReLU)):
+            x = conv_bn_relu(conv, bn, x)
+            i += 3
+        else:
+            x = modules[i](x)
+            i += 1
+    return x
+
+
 class SpatialPriorModule(nn.Module):
     """Convolutional stem giving 1/4, 1/8, 1/16 and 1/32 maps projected to the ViT width."""
 
@@ -74,10 +92,10 @@ class SpatialPriorModule(nn.Module):
         fast = fast_inference()
         if fast:  # channels-last: the narrow convolutions run about twice as fast on a CPU
             x = x.contiguous(memory_format=torch.channels_last)
-        c1 = self.stem(x)
-        c2 = self.conv2(c1)
-        c3 = self.conv3(c2)
-        c4 = self.conv4(c3)
+        c1 = _run_stage(self.stem, x)
+        c2 = _run_stage(self.conv2, c1)
+        c3 = _run_stage(self.conv3, c2)
+        c4 = _run_stage(self.conv4, c3)
         # (From channels-last maps these tokens are contiguous.)
         tokens = [fc(c).flatten(2).transpose(1, 2)
                   for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]

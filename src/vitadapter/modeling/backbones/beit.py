@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import fast_inference, use_reference
-from ..layers import cached_constant, fresh_gelu, maybe_checkpoint
+from ..layers import cached_constant, fresh_gelu, maybe_checkpoint, transposed
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -86,7 +86,7 @@ class PatchEmbed(nn.Module):
         # Contiguous tokens: a transposed view would make every later elementwise op and
         # LayerNorm of a plain ViT (which has no cls-token concatenation) run strided and keep
         # that layout (25x slower at width 1024).
-        return x.flatten(2).transpose(1, 2).contiguous(), height, width
+        return transposed(x.flatten(2)), height, width
 
 
 class Attention(nn.Module):

@@ -10,7 +10,7 @@ from torch import nn
 
 from ...config.schema import HeadConfig
 from ..deform_attn import MSDeformAttn
-from ..layers import FFN, ConvGN, cached_constant, embedding
+from ..layers import FFN, Conv2d, ConvGN, cached_constant, embedding
 from .position_encoding import sine_position_encoding
 
 
@@ -94,7 +94,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.output_convs = nn.ModuleList([
             ConvGN(feat, feat, 3, pd.num_groups, bias=False, relu=True) for _ in range(num_fpn)
         ])
-        self.mask_feature = nn.Conv2d(feat, cfg.out_channels, 1)
+        self.mask_feature = Conv2d(feat, cfg.out_channels, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         device = feats[0].device.type

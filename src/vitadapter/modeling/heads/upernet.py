@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.schema import AuxiliaryHeadConfig, UperNetConfig
+from ...ops import fast_inference
+from ..layers import Conv2d, conv_bn_relu
 
 
 class ConvBNReLU(nn.Module):
@@ -26,11 +28,33 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu_(self.bn(self.conv(x)))  # in place: the BatchNorm output is our own
+        return conv_bn_relu(self.conv, self.bn, x)
 
 
 def _upsample(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _cat_upsampled(maps: list[torch.Tensor], size: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """``torch.cat([_upsample(m, size) for m in maps], dim=1)``, where :func:`fast_inference`
+    with each resize written straight into its channels of the result (the same kernel, so the
+    same values; no separate resized maps, whose fresh pages and second copy cost as much as
+    the resizing)."""
+    if not fast_inference():
+        return torch.cat([m if m.shape[2:] == size else _upsample(m, size) for m in maps], 1)
+    first = maps[0]
+    out = first.new_empty(first.shape[0], sum(m.shape[1] for m in maps), *size)
+    start = 0
+    for m in maps:
+        part = out[:, start:start + m.shape[1]]
+        start += m.shape[1]
+        if m.shape[2:] == size:
+            part.copy_(m)
+            continue
+        for sample in range(m.shape[0]):  # one sample's channels are a contiguous block
+            torch.ops.aten.upsample_bilinear2d.out(m[sample:sample + 1], list(size), False,
+                                                   None, None, out=part[sample:sample + 1])
+    return out
 
 
 def pooling_matrix(size: int, bins: int, dtype: torch.dtype,
@@ -83,7 +107,7 @@ class UperNetHead(nn.Module):
     def __init__(self, cfg: UperNetConfig) -> None:
         super().__init__()
         channels, last = cfg.channels, cfg.in_channels[-1]
-        self.conv_seg = nn.Conv2d(channels, cfg.num_classes, 1)
+        self.conv_seg = Conv2d(channels, cfg.num_classes, 1)
         self.dropout = nn.Dropout2d(cfg.dropout_ratio)
         self.psp_modules = nn.ModuleList([PoolingBranch(s, last, channels)
                                           for s in cfg.pool_scales])
@@ -96,17 +120,18 @@ class UperNetHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> UperNetOutput:
         top = feats[-1]
-        pooled = [_upsample(branch(top), top.shape[2:]) for branch in self.psp_modules]
-        psp = self.bottleneck(torch.cat([top, *pooled], dim=1))
+        pooled = [branch(top) for branch in self.psp_modules]
+        psp = self.bottleneck(_cat_upsampled([top, *pooled], top.shape[2:]))
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats, strict=False)]
         laterals.append(psp)
+        fast = fast_inference()
         for i in range(len(laterals) - 1, 0, -1):  # top-down
-            laterals[i - 1] = laterals[i - 1] + _upsample(laterals[i], laterals[i - 1].shape[2:])
+            up = _upsample(laterals[i], laterals[i - 1].shape[2:])
+            # In place where fast: the lateral is this head's own fresh conv output.
+            laterals[i - 1] = laterals[i - 1].add_(up) if fast else laterals[i - 1] + up
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals, strict=False)]
         outs.append(laterals[-1])
-        size = outs[0].shape[2:]
-        outs = [outs[0], *(_upsample(o, size) for o in outs[1:])]
-        feature = self.fpn_bottleneck(torch.cat(outs, dim=1))
+        feature = self.fpn_bottleneck(_cat_upsampled(outs, outs[0].shape[2:]))
         return UperNetOutput(psp, feature, self.conv_seg(self.dropout(feature)))
 
 
