@@ -118,7 +118,7 @@ def test_folded_batchnorm_follows_changes_of_the_parameters_and_statistics():
     with torch.inference_mode():
         out = conv_bn_relu(conv, bn, x)
     torch.testing.assert_close(out, torch.relu(bn(conv(x))), rtol=1e-5, atol=1e-5)
-    other_conv, other_bn = _conv_bn(3)
+    other_conv, _ = _conv_bn(3)
     with torch.no_grad():
         other_conv.weight.mul_(2.0)
     conv.load_state_dict(other_conv.state_dict())
