@@ -16,6 +16,7 @@ from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
 from .deform_attn import MSDeformAttn
 from .layers import (
+    add_residual,
     cached_constant,
     conv_bn_relu,
     fresh_gelu,
@@ -176,7 +177,7 @@ class Injector(AdapterAttention):
 
     def _forward(self, x: torch.Tensor, c: torch.Tensor, ref: torch.Tensor,
                  shapes: Shapes) -> torch.Tensor:
-        return x + self.gamma * self.attend(x, c, ref, shapes)
+        return add_residual(x, self.attend(x, c, ref, shapes), self.gamma)
 
 
 class Extractor(AdapterAttention):
@@ -199,9 +200,9 @@ class Extractor(AdapterAttention):
 
     def _forward(self, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, shapes: Shapes,
                  height: int, width: int) -> torch.Tensor:
-        c = c + self.attend(c, x, ref, shapes)
+        c = add_residual(c, self.attend(c, x, ref, shapes))
         if self.ffn is not None:
-            c = c + self.drop_path(self.ffn(self.ffn_norm(c), height, width))
+            c = add_residual(c, self.drop_path(self.ffn(self.ffn_norm(c), height, width)))
         return c
 
 

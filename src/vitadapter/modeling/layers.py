@@ -44,6 +44,20 @@ def cached_constant(maxsize: int) -> Callable[[Constant], Constant]:
     return decorate
 
 
+def add_residual(x: torch.Tensor, branch: torch.Tensor,
+                 gamma: torch.Tensor | None = None) -> torch.Tensor:
+    """``x + gamma * branch`` (``x + branch`` without ``gamma``): a residual connection. Where
+    :func:`fast_inference`, written into ``branch``, a fresh output nothing else holds (no new
+    tensor, whose fresh pages cost as much as the addition), with the same values; the plain
+    expression where a dtype promotion is involved (a bf16 branch under autocast)."""
+    same = branch.dtype == x.dtype and (gamma is None or gamma.dtype == x.dtype)
+    if not (fast_inference() and same and branch.shape == x.shape):
+        return x + branch if gamma is None else x + gamma * branch
+    if gamma is not None:
+        branch.mul_(gamma)
+    return branch.add_(x)
+
+
 def fresh_gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU of a tensor nothing else holds: in place where :func:`fast_inference` (a fresh
     temporary of the size of the MLP activations, 51 MB per BEiT-L block at 896, costs page

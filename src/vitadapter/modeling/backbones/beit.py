@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import fast_inference, use_reference
-from ..layers import cached_constant, fresh_gelu, maybe_checkpoint, transposed
+from ..layers import add_residual, cached_constant, fresh_gelu, maybe_checkpoint, transposed
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -271,6 +271,9 @@ class Block(nn.Module):
         return maybe_checkpoint(self.with_cp, self._forward, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_inference() and not self.training:
+            x = add_residual(x, self.attn(self.norm1(x)), self.gamma_1)
+            return add_residual(x, self.mlp(self.norm2(x)), self.gamma_2)
         if self.gamma_1 is None:
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...config.schema import BackboneConfig
 from ...ops import fast_inference, use_reference
-from ..layers import maybe_checkpoint
+from ..layers import add_residual, maybe_checkpoint
 from .beit import DropPath, Mlp
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -178,19 +178,10 @@ class Block(nn.Module):
 
     def _forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         if fast_inference() and not self.training:
-            x = _add_scaled(x, self.attn(self.norm1(x), rope), self.ls1.gamma)
-            return _add_scaled(x, self.mlp(self.norm2(x)), self.ls2.gamma)
+            x = add_residual(x, self.attn(self.norm1(x), rope), self.ls1.gamma)
+            return add_residual(x, self.mlp(self.norm2(x)), self.ls2.gamma)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
-
-
-def _add_scaled(x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """``x + branch * gamma`` written into the branch's own fresh output: the same values
-    where no dtype promotion is involved (under autocast the branch may be bf16 while the
-    LayerScale is float32: there the plain expression)."""
-    if branch.dtype == x.dtype == gamma.dtype:
-        return branch.mul_(gamma).add_(x)
-    return x + branch * gamma
 
 
 # -- transformers' DINOv3ViTModel layout -------------------------------------------------------
