@@ -46,9 +46,10 @@ from .dispatch import use_reference
 SpatialShapes = Sequence[tuple[int, int]]
 
 # Gathered rows per query chunk of the fast path: its int32 indices and float32 weights then take
-# 32 MB, plus about as much in smaller temporaries. Few large chunks keep the number of parallel
-# regions small, which matters when the CPU cores are shared.
-_CHUNK_ROWS = 1 << 22
+# 64 MB, plus about as much in smaller temporaries. Few large chunks keep the number of parallel
+# regions small, which matters when the CPU cores are shared, and one chunk (every call of the
+# seed preset at 896) needs no copy of its result.
+_CHUNK_ROWS = 1 << 23
 # Pixel coordinates are clamped to [-1, W]: the corners read columns -1 .. W + 1, so the fast
 # path's value copy has one zero column (row) before each level and two after.
 _BORDER = 3
@@ -92,12 +93,19 @@ def ms_deform_attn_fast(value: torch.Tensor, spatial_shapes: SpatialShapes,
     queries = sampling_locations.shape[1]
     plan = _Plan(value, spatial_shapes, sampling_locations, attention_weights)
     table, _ = _bordered_table(value, spatial_shapes, plan.dtype)
-    out = torch.empty(batch, queries, heads * dim, device=value.device, dtype=plan.dtype)
-    for first, count in plan.chunks():
+
+    def gather(first: int, count: int) -> torch.Tensor:
         index, weight, _, _ = plan.corners(sampling_locations, attention_weights, first, count)
         bags = F.embedding_bag(index.view(-1, plan.rows), table,
                                per_sample_weights=weight.view(-1, plan.rows), mode="sum")
-        out[:, first:first + count] = bags.view(batch, count, heads * dim)
+        return bags.view(batch, count, heads * dim)
+
+    chunks = list(plan.chunks())
+    if len(chunks) == 1:  # the result itself, no copy into a preallocated output
+        return gather(*chunks[0])
+    out = torch.empty(batch, queries, heads * dim, device=value.device, dtype=plan.dtype)
+    for first, count in chunks:
+        out[:, first:first + count] = gather(first, count)
     return out
 
 
@@ -230,10 +238,10 @@ class _MSDeformAttnFast(torch.autograd.Function):
         grad_out = grad_out.to(plan.dtype)
         grad_locations = torch.empty_like(locations) if need_locations else None
         grad_attention = torch.empty_like(attention) if need_attention else None
-        # Chunks of 1/16 of the forward's: the temporaries take about 50 bytes per gathered row
+        # Chunks of 1/32 of the forward's: the temporaries take about 50 bytes per gathered row
         # (sort keys and order, bag ids, weights), and as the value gradient is accumulated in
         # place small chunks cost no time.
-        for first, count in plan.chunks(_CHUNK_ROWS // 16):
+        for first, count in plan.chunks(_CHUNK_ROWS // 32):
             index, weight, frac, inside = plan.corners(locations, attention, first, count,
                                                        inside=need_locations)
             rows = destination.index_select(0, index.view(-1))
