@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -65,6 +66,10 @@ def fresh_gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x) if fast_inference() else F.gelu(x)
 
 
+# Folded BatchNorms: (key, aliases of the tensors folded, weight, bias), dropped with the module.
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
 def _fold_key(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...] | None:
     """What identifies the values of ``tensors``: their storage and in-place version (None for
     inference tensors, which keep no version)."""
@@ -79,7 +84,7 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
     mode (its running statistics), computed as PyTorch's own kernel scales: ``alpha = gamma /
     sqrt(var + eps)``, weight ``w * alpha``, bias ``beta + (b - mean) * alpha``.
 
-    Cached on ``bn`` while the parameters and statistics keep their storage and version (an
+    Cached per ``bn`` while the parameters and statistics keep their storage and version (an
     in-place change, ``load_state_dict``, ``.to()`` refold); the cache holds aliases of the
     tensors it was made from, so their memory cannot come back as different values at the
     same address."""
@@ -88,7 +93,7 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
     sources = tuple(t for t in (conv.weight, conv.bias, bn.weight, bn.bias,
                                 bn.running_mean, bn.running_var) if t is not None)
     key = _fold_key(sources)
-    cached = getattr(bn, "_folded", None)
+    cached = _FOLDED.get(bn)
     if key is not None and cached is not None and cached[0] == key:
         return cached[2], cached[3]
     with torch.no_grad():
@@ -102,7 +107,7 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
         weight = conv.weight * alpha.view(-1, *([1] * (conv.weight.dim() - 1)))
         weight = weight.contiguous(memory_format=_memory_format(conv.weight))
     if key is not None:
-        bn._folded = (key, tuple(t.detach() for t in sources), weight, bias)
+        _FOLDED[bn] = (key, tuple(t.detach() for t in sources), weight, bias)
     return weight, bias
 
 
