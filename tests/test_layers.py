@@ -71,7 +71,7 @@ def test_pointwise_conv_of_a_channels_last_map_is_contiguous():
     conv = nn.Conv2d(4, 6, 1).eval()
     x = torch.randn(2, 4, 3, 5).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        out = pointwise_conv_to_contiguous(conv, x)
+        out = pointwise_conv_to_contiguous(x, conv.weight, conv.bias)
         expected = conv(x)
     assert out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)

@@ -100,7 +100,9 @@ class SpatialPriorModule(nn.Module):
         # (From channels-last maps these tokens are contiguous.)
         tokens = [fc(c).flatten(2).transpose(1, 2)
                   for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
-        return (pointwise_conv_to_contiguous(self.fc1, c1) if fast else self.fc1(c1)), tokens
+        c1 = (pointwise_conv_to_contiguous(c1, self.fc1.weight, self.fc1.bias) if fast
+              else self.fc1(c1))
+        return c1, tokens
 
 
 class DWConv(nn.Module):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ...config.schema import AuxiliaryHeadConfig, UperNetConfig
 from ...ops import fast_inference
-from ..layers import Conv2d, conv_bn_relu
+from ..layers import Conv2d, add_residual, conv_bn_relu
 
 
 class ConvBNReLU(nn.Module):
@@ -124,11 +124,9 @@ class UperNetHead(nn.Module):
         psp = self.bottleneck(_cat_upsampled([top, *pooled], top.shape[2:]))
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats, strict=False)]
         laterals.append(psp)
-        fast = fast_inference()
         for i in range(len(laterals) - 1, 0, -1):  # top-down
-            up = _upsample(laterals[i], laterals[i - 1].shape[2:])
-            # In place where fast: the lateral is this head's own fresh conv output.
-            laterals[i - 1] = laterals[i - 1].add_(up) if fast else laterals[i - 1] + up
+            laterals[i - 1] = add_residual(laterals[i - 1],
+                                           _upsample(laterals[i], laterals[i - 1].shape[2:]))
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals, strict=False)]
         outs.append(laterals[-1])
         feature = self.fpn_bottleneck(_cat_upsampled(outs, outs[0].shape[2:]))
