@@ -10,7 +10,8 @@ the repository's photo:
 * the crop's FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device
   (matrix products, convolutions, attention);
 * seconds per crop: the median of ``--repeat`` forwards after a warm-up (the PyTorch backend's
-  forward, ``TorchRunner.forward``, as ``segment`` runs it);
+  forward, ``TorchRunner.forward``, as ``segment`` runs it: with freed blocks kept for reuse,
+  ``vitadapter.keep_freed_memory``, unless ``--system-malloc``);
 * the share of the GEMM rate: FLOPs / seconds / the better of the two GEMM rates;
 * peak RSS (peak CUDA memory on a GPU), the 1-minute load average before and after, and the
   share of the machine's CPU time other processes took meanwhile (from ``/proc/stat``: on a
@@ -30,7 +31,7 @@ them (labels equal outside float32 ties, largest score difference), e.g. a chang
 
     python benchmarks/roofline.py [--presets NAME[@CROP] ...] [--device cpu|cuda]
         [--precisions fp32 bf16] [--repeat 3] [--threads N] [--top 8] [--gemm-size 2048]
-        [--json PATH] [--save DIR] [--compare DIR] [--compile]
+        [--json PATH] [--save DIR] [--compare DIR] [--compile] [--system-malloc]
 
 On CUDA the default precisions are fp32 (TF32 off, as the backend runs it) and bf16, each
 against the GEMM rate of its dtype (a GPU needs larger products to reach its peak:
@@ -223,10 +224,10 @@ def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
 
 
 def measure(spec: str, precision: str, device: str, repeat: int, threads: int, top: int,
-            gemm_size: int, out: Path, compile_model: bool) -> dict:
+            gemm_size: int, out: Path, compile_model: bool, system_malloc: bool) -> dict:
     """One preset at one precision, in this process."""
     from recipe import recipe_weights, set_mask_feature_bias
-    from vitadapter import build_model
+    from vitadapter import build_model, keep_freed_memory
     from vitadapter.backends.precision import autocast
     from vitadapter.backends.torch import TorchRunner
 
@@ -234,6 +235,7 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
         torch.set_num_threads(threads)
     row: dict = {"preset": spec, "precision": precision, "device": device,
                  "threads": torch.get_num_threads(), "compiled": compile_model,
+                 "kept_freed_memory": not system_malloc and keep_freed_memory(),
                  "load_start": os.getloadavg()[0]}
     clock, machine_start = time.perf_counter(), cpu_seconds()
     dtype = DTYPES[precision]
@@ -330,7 +332,8 @@ def print_tables(rows: list[dict], repeat: int, top: int) -> None:
           "| load avg | others busy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        mode = r["precision"] + (" compiled" if r["compiled"] else "")
+        mode = (r["precision"] + (" compiled" if r["compiled"] else "")
+                + ("" if r.get("kept_freed_memory") else " system malloc"))
         print(f"| {r['preset']} | {r['family']} | {r['crop']} | {mode} | "
               f"{r['flops'] / 1e12:.3f} | {r['seconds']:.2f} | "
               f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f} | "
@@ -365,6 +368,9 @@ def main() -> None:
     parser.add_argument("--compare", type=Path,
                         help="compare each case's labels with those saved in DIR")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (the command line keeps freed "
+                             "blocks for reuse)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each case, wait up to SECONDS for the other processes "
                              "to leave the cores (nearly) idle")
@@ -374,14 +380,16 @@ def main() -> None:
     if args.case:
         spec, precision, out = args.case
         print(json.dumps(measure(spec, precision, args.device, args.repeat, args.threads,
-                                 args.top, args.gemm_size, Path(out), args.compile)))
+                                 args.top, args.gemm_size, Path(out), args.compile,
+                                 args.system_malloc)))
         return
 
     precisions = args.precisions or (["fp32", "bf16"] if args.device.startswith("cuda")
                                      else ["fp32"])
     common = ["--device", args.device, "--repeat", str(args.repeat), "--threads",
               str(args.threads), "--top", str(args.top), "--gemm-size", str(args.gemm_size),
-              *(["--compile"] if args.compile else [])]
+              *(["--compile"] if args.compile else []),
+              *(["--system-malloc"] if args.system_malloc else [])]
     rows = []
     with tempfile.TemporaryDirectory(prefix="vitadapter-roofline-") as tmp:
         folder = args.save or Path(tmp)

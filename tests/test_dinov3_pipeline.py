@@ -27,6 +27,7 @@ from vitadapter.config.dinov3 import (
 from vitadapter.config.parse import config_from_dict
 from vitadapter.config.schema import BackboneConfig, HeadConfig, ModelConfig, UperNetConfig
 from vitadapter.errors import ConfigError, ImageError, OnnxModelError
+from vitadapter.modeling.heads import mask2former
 from vitadapter.modeling.heads.mask2former import crop_scores
 from vitadapter.pipeline.images import load_image
 from vitadapter.pipeline.merge import merge_views
@@ -190,6 +191,34 @@ def test_crop_scores_of_a_non_square_crop(arrays):
         masks, size=(96, 128), mode="bilinear", align_corners=False).sigmoid())
     assert scores.shape == (1, 150, 96, 128)
     torch.testing.assert_close(scores, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch, rows, cols", [(1, 33, 33), (2, 24, 40), (1, 30, 17)],
+                         ids=["square", "batch-of-2", "odd-sides"])
+def test_crop_scores_in_bands_resize_every_row_as_the_whole_map(monkeypatch, batch, rows,
+                                                                 cols):
+    # Bands of 8 output rows (and a last partial one where 4 * rows is not a multiple of 8):
+    # with one-hot class weights each score map is one query's resized mask, equal up to the
+    # last bit that PyTorch's resize rounds by where its threads split the work.
+    monkeypatch.setattr(mask2former, "_BAND_PIXELS", 8 * 4 * cols)
+    masks = torch.randn(batch, 5, rows, cols) * 4
+    one_hot = torch.eye(5).expand(batch, 5, 5)
+    size = (4 * rows, 4 * cols)
+    banded = mask2former._crop_scores_in_bands(one_hot, masks, size)
+    whole = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).sigmoid()
+    torch.testing.assert_close(banded, whole, rtol=0, atol=2**-23)
+
+
+def test_crop_scores_in_inference_are_the_einsum():
+    torch.manual_seed(0)
+    cls, masks = torch.randn(2, 100, 151), torch.randn(2, 100, 40, 48) * 4
+    plain = crop_scores(cls, masks, (160, 192))              # autograd on: one einsum
+    with torch.inference_mode():
+        banded = crop_scores(cls, masks, (160, 192))         # bands of 84 and 76 rows
+        three_times = crop_scores(cls, masks, (120, 144))    # not a power of two: one einsum
+    torch.testing.assert_close(banded, plain, rtol=0, atol=1e-6)
+    assert torch.equal(banded.argmax(1), plain.argmax(1))
+    assert torch.equal(three_times, crop_scores(cls, masks, (120, 144)))
 
 
 # ---- the merge, on synthetic crop scores ----

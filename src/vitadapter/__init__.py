@@ -27,6 +27,7 @@ _EXPORTS = {
     "Segmenter": "segmenter",
     "SegmentationResult": "pipeline.result",
     "export_onnx": "backends.onnx_export",
+    "keep_freed_memory": "backends.host_memory",
 }
 
 __all__ = [
@@ -42,12 +43,14 @@ __all__ = [
     "convert_to_safetensors",
     "export_onnx",
     "get_preset",
+    "keep_freed_memory",
     "load_checkpoint",
     "read_checkpoint",
     "resolve_config",
 ]
 
 if TYPE_CHECKING:
+    from .backends.host_memory import keep_freed_memory
     from .backends.onnx_export import export_onnx
     from .config.presets import PRESETS, get_preset
     from .config.schema import ModelConfig

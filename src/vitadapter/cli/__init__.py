@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..backends.host_memory import keep_freed_memory
 from ..errors import VitAdapterError
 from . import convert, evaluate, export_onnx, presets, segment, serve, train
 
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    keep_freed_memory()  # a forward's large tensors reused, not faulted in again
     try:
         return int(args.run(args) or 0)
     except VitAdapterError as exc:

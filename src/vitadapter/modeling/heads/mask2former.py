@@ -43,10 +43,57 @@ def crop_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor, size: Seque
     operands are cast to ``dtype`` before the sum: float32 is exact, ``torch.bfloat16`` is
     Meta's own cast (on every device). Returns (B, num_classes, h, w) float32."""
     cls = F.softmax(cls_logits, dim=-1)[..., :-1]
+    if fast_inference() and dtype == torch.float32 and _upscale_factor(mask_logits, size):
+        return _crop_scores_in_bands(cls, mask_logits, (size[0], size[1]))
     masks = F.interpolate(mask_logits, size=tuple(size), mode="bilinear", align_corners=False)
     # In place where nothing else holds it: (B, Q, h, w) is 105 MB for 100 queries at 512.
     masks = masks.sigmoid_() if fast_inference() else masks.sigmoid()
     return torch.einsum("bqc,bqhw->bchw", cls.to(dtype), masks.to(dtype)).float()
+
+
+# Output pixels per band of :func:`_crop_scores_in_bands`: the band's masks (100 queries:
+# 6.5 MB) and scores stay in cache between the resize, the sigmoid and the product.
+_BAND_PIXELS = 1 << 14
+
+
+def _upscale_factor(mask_logits: torch.Tensor, size: Sequence[int]) -> int:
+    """The factor f when the crop's ``size`` is f times the masks' on both sides and f is a
+    power of two (the masks are at 1/4 of the crop), else 0."""
+    rows, cols = mask_logits.shape[-2:]
+    factor = size[0] // rows
+    exact = factor * rows == size[0] and factor * cols == size[1]
+    return factor if exact and factor > 1 and factor & (factor - 1) == 0 else 0
+
+
+def _crop_scores_in_bands(cls: torch.Tensor, mask_logits: torch.Tensor,
+                          size: tuple[int, int]) -> torch.Tensor:
+    """:func:`crop_scores` in float32, a band of output rows at a time, with the same values:
+    no (B, Q, h, w) map of resized masks (105 MB at 512, 321 MB at 896) written and read back.
+
+    A band starts on an output row ``f * s`` (f: the power-of-two factor); its masks are the
+    bilinear resize of source rows ``s - 1 ..`` (clamped to the map) by the same factor, so
+    every output row gets the source rows and the weights the whole-map resize gives it (the
+    source coordinates differ by the whole number ``s - 1``, exactly in float32, and a map
+    edge is clamped alike). Values can still differ in the last bit where PyTorch's resize
+    kernel rounds a pixel differently (vector or scalar code, by where its threads split the
+    work, as the whole-map resize itself does with another thread count)."""
+    batch, queries, rows, _ = mask_logits.shape
+    height, width = size
+    factor = _upscale_factor(mask_logits, size)
+    band_rows = max(1, _BAND_PIXELS // (width * factor)) * factor
+    out = cls.new_empty(batch, cls.shape[-1], height, width)
+    for i in range(batch):
+        weights = cls[i].t()
+        for top in range(0, height, band_rows):
+            bottom = min(height, top + band_rows)
+            first, last = max(0, top // factor - 1), min(rows, bottom // factor + 1)
+            source = mask_logits[i:i + 1, :, first:last]
+            resized = F.interpolate(source, size=((last - first) * factor, width),
+                                    mode="bilinear", align_corners=False)
+            band = resized[0, :, top - first * factor:bottom - first * factor].sigmoid_()
+            torch.mm(weights, band.reshape(queries, -1),
+                     out=out[i, :, top:bottom].view(-1, (bottom - top) * width))
+    return out
 
 
 class Mask2FormerHead(nn.Module):
