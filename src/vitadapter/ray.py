@@ -6,7 +6,9 @@
 ...                         batch_size=8, num_gpus=1, concurrency=4)
 
 Each Ray actor builds one :class:`~vitadapter.segmenter.Segmenter` (the model is loaded once
-per actor) and segments every batch through the pipelined stream (:mod:`vitadapter.stream`).
+per actor) and segments every batch through the pipelined stream (:mod:`vitadapter.stream`);
+its process keeps freed heap blocks for reuse, as the command line's
+(:func:`~vitadapter.backends.host_memory.keep_freed_memory`).
 The class itself is cheap to pickle: it holds the constructor arguments until Ray starts it.
 """
 
@@ -25,8 +27,10 @@ class RayPredictor:
     keyword argument goes to :class:`~vitadapter.segmenter.Segmenter`."""
 
     def __init__(self, column: str = "image", **segmenter_kwargs: Any) -> None:
+        from .backends.host_memory import keep_freed_memory
         from .segmenter import Segmenter
 
+        keep_freed_memory()
         self.column = column
         self.segmenter = Segmenter(**segmenter_kwargs)
 

@@ -26,9 +26,8 @@ ENV = "VITADAPTER_MALLOC"
 _applied: int | None = None
 
 
-def keep_freed_memory(limit: int = 128 << 20) -> bool:
-    """Have glibc's malloc keep freed blocks of up to ``limit`` bytes (below 2 GiB; the default
-    takes every activation of the seed preset's 896 crop but its largest) for reuse
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Have glibc's malloc keep freed blocks of up to ``limit`` bytes (below 2 GiB) for reuse
     (``mallopt`` of the mmap and trim thresholds), process-wide. Returns whether it applied:
     False off Linux/glibc, or with ``VITADAPTER_MALLOC=system`` in the environment (leave the
     allocator as it is). The command line calls it for every command."""
