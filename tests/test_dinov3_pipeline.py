@@ -199,14 +199,16 @@ def test_crop_scores_in_bands_resize_every_row_as_the_whole_map(monkeypatch, bat
                                                                  cols):
     # Bands of 8 output rows (and a last partial one where 4 * rows is not a multiple of 8):
     # with one-hot class weights each score map is one query's resized mask, equal up to the
-    # last bit that PyTorch's resize rounds by where its threads split the work.
+    # last bits that PyTorch's resize rounds by kernel (a separable one for outputs whose
+    # height + width <= 128, as the odd sides' bands) and by where its threads split the work.
     monkeypatch.setattr(mask2former, "_BAND_PIXELS", 8 * 4 * cols)
+    torch.manual_seed(0)
     masks = torch.randn(batch, 5, rows, cols) * 4
     one_hot = torch.eye(5).expand(batch, 5, 5)
     size = (4 * rows, 4 * cols)
     banded = mask2former._crop_scores_in_bands(one_hot, masks, size)
     whole = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).sigmoid()
-    torch.testing.assert_close(banded, whole, rtol=0, atol=2**-23)
+    torch.testing.assert_close(banded, whole, rtol=0, atol=2**-21)
 
 
 def test_crop_scores_in_inference_are_the_einsum():
