@@ -333,7 +333,7 @@ def print_tables(rows: list[dict], repeat: int, top: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = (r["precision"] + (" compiled" if r["compiled"] else "")
-                + ("" if r.get("kept_freed_memory") else " system malloc"))
+                + ("" if r["kept_freed_memory"] else " system malloc"))
         print(f"| {r['preset']} | {r['family']} | {r['crop']} | {mode} | "
               f"{r['flops'] / 1e12:.3f} | {r['seconds']:.2f} | "
               f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f} | "

@@ -206,7 +206,7 @@ def test_crop_scores_in_bands_resize_every_row_as_the_whole_map(monkeypatch, bat
     masks = torch.randn(batch, 5, rows, cols) * 4
     one_hot = torch.eye(5).expand(batch, 5, 5)
     size = (4 * rows, 4 * cols)
-    banded = mask2former._crop_scores_in_bands(one_hot, masks, size)
+    banded = mask2former._crop_scores_in_bands(one_hot, masks, size, 4)
     whole = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).sigmoid()
     torch.testing.assert_close(banded, whole, rtol=0, atol=2**-21)
 

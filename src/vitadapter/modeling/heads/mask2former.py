@@ -43,8 +43,9 @@ def crop_scores(cls_logits: torch.Tensor, mask_logits: torch.Tensor, size: Seque
     operands are cast to ``dtype`` before the sum: float32 is exact, ``torch.bfloat16`` is
     Meta's own cast (on every device). Returns (B, num_classes, h, w) float32."""
     cls = F.softmax(cls_logits, dim=-1)[..., :-1]
-    if fast_inference() and dtype == torch.float32 and _upscale_factor(mask_logits, size):
-        return _crop_scores_in_bands(cls, mask_logits, (size[0], size[1]))
+    factor = _upscale_factor(mask_logits, size) if dtype == torch.float32 else 0
+    if factor and fast_inference():
+        return _crop_scores_in_bands(cls, mask_logits, (size[0], size[1]), factor)
     masks = F.interpolate(mask_logits, size=tuple(size), mode="bilinear", align_corners=False)
     # In place where nothing else holds it: (B, Q, h, w) is 105 MB for 100 queries at 512.
     masks = masks.sigmoid_() if fast_inference() else masks.sigmoid()
@@ -66,11 +67,12 @@ def _upscale_factor(mask_logits: torch.Tensor, size: Sequence[int]) -> int:
 
 
 def _crop_scores_in_bands(cls: torch.Tensor, mask_logits: torch.Tensor,
-                          size: tuple[int, int]) -> torch.Tensor:
+                          size: tuple[int, int], factor: int) -> torch.Tensor:
     """:func:`crop_scores` in float32, a band of output rows at a time, with the same values:
     no (B, Q, h, w) map of resized masks (105 MB at 512, 321 MB at 896) written and read back.
 
-    A band starts on an output row ``f * s`` (f: the power-of-two factor); its masks are the
+    A band starts on an output row ``f * s`` (f: ``factor``, the power of two by which
+    :func:`_upscale_factor` found ``size`` larger than the masks); its masks are the
     bilinear resize of source rows ``s - 1 ..`` (clamped to the map) by the same factor, so
     every output row gets the source rows and the weights the whole-map resize gives it (the
     source coordinates differ by the whole number ``s - 1``, exactly in float32, and a map
@@ -79,7 +81,6 @@ def _crop_scores_in_bands(cls: torch.Tensor, mask_logits: torch.Tensor,
     work, as the whole-map resize itself does with another thread count)."""
     batch, queries, rows, _ = mask_logits.shape
     height, width = size
-    factor = _upscale_factor(mask_logits, size)
     band_rows = max(1, _BAND_PIXELS // (width * factor)) * factor
     out = cls.new_empty(batch, cls.shape[-1], height, width)
     for i in range(batch):
