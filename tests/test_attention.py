@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vitadapter.modeling.backbones.beit import Attention
+from vitadapter.modeling.heads.mask2former import _bilinear_shrink
 from vitadapter.modeling.heads.transformer_decoder import MultiheadAttention
 from vitadapter.ops import reference_path
 
@@ -117,7 +118,7 @@ def test_head_unblocks_a_query_whose_mask_is_empty(tiny_models):
         w -= (w @ e0) / (e0 @ e0) * e0
         b = 10 * torch.randn(8, 8)
         mask_features = -e0.view(-1, 1, 1) + b * w.view(-1, 1, 1)
-        _, mask, blocked = head._predict(query, mask_features[None], torch.Size((4, 4)))
+        _, mask, blocked = head._predict(query, mask_features[None], (4, 4), {})
         below = torch.nn.functional.interpolate(mask, size=(4, 4), mode="bilinear").sigmoid() < 0.5
     below = below.flatten(2)[0]
     empty = below.all(-1)
@@ -125,6 +126,55 @@ def test_head_unblocks_a_query_whose_mask_is_empty(tiny_models):
     assert not blocked[0, 0, empty].any()  # an empty mask attends everywhere
     assert torch.equal(blocked[0, 0, ~empty], below[~empty])
     assert blocked[0, 0, ~empty].any()
+
+
+def test_attention_masks_from_mask_features_at_the_level_size(tiny_models):
+    """Inference computes an attention mask from the mask features resized to its level: the
+    resize and the product with the mask embedding commute, so the masks equal the resized
+    full-size masks within float32 rounding, and so do the blocked positions away from 0."""
+    head = tiny_models["tiny-upstream"].decode_head
+    torch.manual_seed(0)
+    query = torch.randn(1, head.query_feat.num_embeddings, head.query_feat.embedding_dim)
+    features = torch.randn(1, head.mask_embed[-1].out_features, 16, 16)
+    with torch.inference_mode():
+        small = torch.nn.functional.interpolate(features, size=(8, 8), mode="bilinear")
+        _, mask, blocked = head._predict(query, features, (8, 8), {(8, 8): small})
+        _, full, expected = head._predict(query, features, (8, 8), {})
+        resized = torch.nn.functional.interpolate(full, size=(8, 8), mode="bilinear")
+    assert mask.shape[-2:] == (8, 8) and full.shape[-2:] == (16, 16)
+    torch.testing.assert_close(mask, resized, rtol=0, atol=1e-5)
+    clear = resized.flatten(2).abs().unsqueeze(1) > 1e-4
+    assert torch.equal(blocked[clear], expected[clear])
+    assert 0 < blocked.sum() < blocked.numel()
+
+
+@pytest.mark.parametrize(("shape", "size"), [
+    ((1, 256, 128, 128), (64, 64)), ((1, 256, 128, 128), (16, 16)),  # even factors
+    ((2, 3, 96, 128), (32, 32)),                                    # 3 (odd) and 4
+    ((1, 2, 16, 16), (16, 16)),                                     # 1: the map itself
+    ((1, 2, 17, 16), (8, 8)),                                       # no whole factor
+])
+def test_bilinear_shrink_is_the_bilinear_resize(shape, size):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    expected = torch.nn.functional.interpolate(x, size=size, mode="bilinear",
+                                               align_corners=False)
+    # The same two weights of 1/2 per axis; the sums may round in another order.
+    torch.testing.assert_close(_bilinear_shrink(x, size), expected, rtol=0, atol=5e-7)
+
+
+def test_inference_head_keeps_the_last_prediction(tiny_models):
+    """The head without every prediction (inference) gives the last prediction of the full
+    run, whose attention masks come from full-size masks, within float32 rounding."""
+    model = tiny_models["tiny-upstream"]
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        feats = model.backbone(torch.randn(1, 3, *model.config.inference.crop_size))
+        full = model.decode_head(feats)
+        last = model.decode_head(feats, all_predictions=False)
+    assert len(last.mask_logits) == 1 and len(full.mask_logits) > 1
+    torch.testing.assert_close(last.cls_logits[0], full.cls_logits[-1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(last.mask_logits[0], full.mask_logits[-1], rtol=0, atol=1e-5)
 
 
 def test_long_ffn_inputs_run_in_blocks_of_rows():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.schema import HeadConfig
-from ...ops import fast_inference
+from ...ops import fast_inference, use_reference
 from ..layers import embedding
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .position_encoding import sine_position_encoding
@@ -121,7 +121,14 @@ class Mask2FormerHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], all_predictions: bool = True) -> HeadOutput:
         """Every prediction set (deep supervision, inspection), or with ``all_predictions``
-        False only the last one, so that inference does not keep the earlier mask maps."""
+        False only the last one, so that inference does not keep the earlier mask maps.
+
+        Without ``all_predictions`` (and off the reference path) the earlier predictions serve
+        only as attention masks, read at each level's size: those are computed from the mask
+        features resized to that size instead of resizing full-size masks (the bilinear resize
+        and the per-pixel product with the query's mask embedding are both linear and act on
+        different axes, so they commute; at 512 a 64x64 level costs a quarter of the 128x128
+        product, and no full-size mask is written)."""
         mask_features, memories = self.pixel_decoder(feats)
         batch = mask_features.shape[0]
         keys, key_pos = [], []
@@ -133,14 +140,22 @@ class Mask2FormerHead(nn.Module):
             key_pos.append(encoding.flatten(2).transpose(1, 2))
         query = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        layers = self.transformer_decoder.layers
+        targets = [tuple(memories[i % self.num_levels].shape[-2:])
+                   for i in range(len(layers) + 1)]
+        resized = {}  # the attention-only predictions' mask features at their level's size
+        if not all_predictions and not use_reference():
+            resized = {target: _bilinear_shrink(mask_features, target)
+                       for target in set(targets[:-1])}
 
-        cls, mask, blocked = self._predict(query, mask_features, memories[0].shape[-2:])
+        cls, mask, blocked = self._predict(query, mask_features, targets[0], resized)
         all_cls, all_masks = [cls], [mask]
-        for i, layer in enumerate(self.transformer_decoder.layers):
+        for i, layer in enumerate(layers):
             level = i % self.num_levels
             query = layer(query, query_pos, keys[level], key_pos[level], blocked)
-            target = memories[(i + 1) % self.num_levels].shape[-2:]
-            cls, mask, blocked = self._predict(query, mask_features, target)
+            last = i == len(layers) - 1
+            cls, mask, blocked = self._predict(query, mask_features, targets[i + 1],
+                                               {} if last else resized)
             if not all_predictions:
                 all_cls.clear()
                 all_masks.clear()
@@ -149,14 +164,42 @@ class Mask2FormerHead(nn.Module):
         return HeadOutput(all_cls, all_masks, memories, mask_features)
 
     def _predict(self, query: torch.Tensor, mask_features: torch.Tensor,
-                 target: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 target: tuple[int, ...], resized: dict[tuple[int, ...], torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class logits, mask logits and the attention mask for the next level
-        (True = blocked: the query's resized mask is below 0.5 there)."""
+        (True = blocked: the query's resized mask is below 0.5 there). With the mask features
+        at ``target`` in ``resized``, the attention mask is computed from them and the mask
+        logits returned are those at ``target`` (not full size)."""
         query = self.transformer_decoder.post_norm(query)
         cls = self.cls_embed(query)
-        mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(query), mask_features)
-        resized = F.interpolate(mask, size=tuple(target), mode="bilinear", align_corners=False)
-        blocked = resized.flatten(2).sigmoid() < 0.5
-        # A query whose mask is empty at this level attends everywhere instead of nowhere.
-        blocked = blocked & ~blocked.all(-1, keepdim=True)
-        return cls, mask, blocked.unsqueeze(1)
+        embedded = self.mask_embed(query)
+        if target in resized:
+            mask = torch.einsum("bqc,bchw->bqhw", embedded, resized[target])
+            return cls, mask, _blocked(mask)
+        mask = torch.einsum("bqc,bchw->bqhw", embedded, mask_features)
+        resized_mask = F.interpolate(mask, size=target, mode="bilinear", align_corners=False)
+        return cls, mask, _blocked(resized_mask)
+
+
+def _bilinear_shrink(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` where ``size`` divides
+    the map's size: output pixel ``i`` then sits at source ``f * i + (f - 1) / 2`` (``f`` the
+    factor), on a source pixel (odd ``f``) or halfway between two (even ``f``), so each axis is
+    a strided pick or the mean of two (the same weights; the sums may round in another order).
+    PyTorch's kernel first copies a many-channel map to channels-last: 9 ms for 256 x 128^2."""
+    if x.shape[-2] % size[0] or x.shape[-1] % size[1]:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    fh, fw = x.shape[-2] // size[0], x.shape[-1] // size[1]
+    rows = x[..., (fh - 1) // 2::fh, :], x[..., fh // 2::fh, :]  # one row for odd factors
+    x = rows[0] if fh % 2 else (rows[0] + rows[1]) * 0.5
+    cols = x[..., (fw - 1) // 2::fw], x[..., fw // 2::fw]
+    return cols[0] if fw % 2 else (cols[0] + cols[1]) * 0.5
+
+
+def _blocked(mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask of mask logits at a level's size: True (blocked) where the sigmoid is
+    below 0.5; a query whose mask is empty at this level attends everywhere instead of
+    nowhere."""
+    blocked = mask.flatten(2).sigmoid() < 0.5
+    blocked = blocked & ~blocked.all(-1, keepdim=True)
+    return blocked.unsqueeze(1)
