@@ -27,11 +27,15 @@ the repository's photo:
 ``--save DIR`` keeps each forward's class scores; ``--compare DIR`` checks a later run against
 them (labels equal outside float32 ties, largest score difference), e.g. a change or
 ``--compile`` against eager main. ``--compile`` runs the forward through ``torch.compile``
-(the backend's ``compile=True``); the warm-up then includes the compile.
+(the backend's ``compile=True``); the warm-up then includes the compile. ``--against JSON``
+sets each share beside the same case's in an earlier ``--json`` run of the same machine
+(``benchmarks/baselines/``) and exits with status 1 where one fell by more than
+``--tolerance`` points, so that a change that slows a forward shows.
 
     python benchmarks/roofline.py [--presets NAME[@CROP] ...] [--device cpu|cuda]
         [--precisions fp32 bf16] [--repeat 3] [--threads N] [--top 8] [--gemm-size 2048]
         [--json PATH] [--save DIR] [--compare DIR] [--compile] [--system-malloc]
+        [--against JSON [--tolerance POINTS]]
 
 On CUDA the default precisions are fp32 (TF32 off, as the backend runs it) and bf16, each
 against the GEMM rate of its dtype (a GPU needs larger products to reach its peak:
@@ -311,6 +315,45 @@ def compare(reference: Path, other: Path, tie: float = 1e-4) -> dict:
             "differ_outside_ties": int(clear.sum()), "max_rel_diff": diff}
 
 
+def case_key(row: dict) -> tuple:
+    return (row["preset"], row["crop"], row["precision"], row["device"], row["compiled"])
+
+
+def load_run(path: Path) -> dict:
+    """An earlier ``--json`` run, read before any case runs so that a wrong path fails at once."""
+    try:
+        run = json.loads(path.read_text())
+        run["cases"] = {case_key(r): r for r in run["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--against {path}: not a roofline.py --json file ({error})") from None
+    return run
+
+
+def against(name: Path, earlier: dict, rows: list[dict], tolerance: float) -> list[str]:
+    """Print each case's share beside the same case's in an earlier run (of the same machine:
+    the shares are of each process's own GEMM rate, so the machine's drift mostly cancels,
+    but another CPU has other ceilings); return the cases whose share fell by more than
+    ``tolerance`` (0.05: five points)."""
+    if earlier.get("machine", {}).get("cpu") != machine().get("cpu"):
+        print(f"\nNote: {name} was measured on {earlier.get('machine')}, not this machine.")
+    print(f"\nAgainst {name} (shares of each process's GEMM rate):\n")
+    print("| preset | precision | share then | share now | change |")
+    print("|---|---|---|---|---|")
+    fallen = []
+    for r in rows:
+        old = earlier["cases"].get(case_key(r))
+        if old is None:
+            print(f"| {r['preset']} | {r['precision']} | (not measured) | {r['share']:.0%} | |")
+            continue
+        change = r["share"] - old["share"]
+        print(f"| {r['preset']} | {r['precision']} | {old['share']:.0%} | {r['share']:.0%} | "
+              f"{change * 100:+.1f} points |")
+        if change < -tolerance:
+            fallen.append(f"{r['preset']} {r['precision']}: {old['share']:.0%} -> "
+                          f"{r['share']:.0%}")
+    return fallen
+
+
 def machine() -> dict:
     info = {"torch": torch.__version__, "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -374,6 +417,11 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each case, wait up to SECONDS for the other processes "
                              "to leave the cores (nearly) idle")
+    parser.add_argument("--against", type=Path, metavar="JSON",
+                        help="compare each share with an earlier --json run of this machine; "
+                             "exit status 1 if one fell by more than --tolerance")
+    parser.add_argument("--tolerance", type=float, default=5.0, metavar="POINTS",
+                        help="share points a case may lose against --against (default 5)")
     parser.add_argument("--case", nargs=3, metavar=("PRESET", "PRECISION", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -384,6 +432,7 @@ def main() -> None:
                                  args.system_malloc)))
         return
 
+    earlier = load_run(args.against) if args.against else None
     precisions = args.precisions or (["fp32", "bf16"] if args.device.startswith("cuda")
                                      else ["fp32"])
     common = ["--device", args.device, "--repeat", str(args.repeat), "--threads",
@@ -419,6 +468,11 @@ def main() -> None:
 
         write_text_atomic(args.json, json.dumps({"machine": machine(), "rows": rows},
                                                 indent=1))
+    if earlier is not None:
+        fallen = against(args.against, earlier, rows, args.tolerance / 100)
+        if fallen:
+            raise SystemExit("share fell by more than {} points: {}".format(
+                args.tolerance, "; ".join(fallen)))
 
 
 if __name__ == "__main__":
