@@ -118,7 +118,7 @@ def test_head_unblocks_a_query_whose_mask_is_empty(tiny_models):
         w -= (w @ e0) / (e0 @ e0) * e0
         b = 10 * torch.randn(8, 8)
         mask_features = -e0.view(-1, 1, 1) + b * w.view(-1, 1, 1)
-        _, mask, blocked = head._predict(query, mask_features[None], (4, 4), {})
+        _, mask, blocked = head._predict(query, mask_features[None], (4, 4))
         below = torch.nn.functional.interpolate(mask, size=(4, 4), mode="bilinear").sigmoid() < 0.5
     below = below.flatten(2)[0]
     empty = below.all(-1)
@@ -138,8 +138,8 @@ def test_attention_masks_from_mask_features_at_the_level_size(tiny_models):
     features = torch.randn(1, head.mask_embed[-1].out_features, 16, 16)
     with torch.inference_mode():
         small = torch.nn.functional.interpolate(features, size=(8, 8), mode="bilinear")
-        _, mask, blocked = head._predict(query, features, (8, 8), {(8, 8): small})
-        _, full, expected = head._predict(query, features, (8, 8), {})
+        _, mask, blocked = head._predict(query, features, (8, 8), small)
+        _, full, expected = head._predict(query, features, (8, 8))
         resized = torch.nn.functional.interpolate(full, size=(8, 8), mode="bilinear")
     assert mask.shape[-2:] == (8, 8) and full.shape[-2:] == (16, 16)
     torch.testing.assert_close(mask, resized, rtol=0, atol=1e-5)

@@ -148,14 +148,15 @@ class Mask2FormerHead(nn.Module):
             resized = {target: _bilinear_shrink(mask_features, target)
                        for target in set(targets[:-1])}
 
-        cls, mask, blocked = self._predict(query, mask_features, targets[0], resized)
+        cls, mask, blocked = self._predict(query, mask_features, targets[0],
+                                           resized.get(targets[0]))
         all_cls, all_masks = [cls], [mask]
         for i, layer in enumerate(layers):
             level = i % self.num_levels
             query = layer(query, query_pos, keys[level], key_pos[level], blocked)
-            last = i == len(layers) - 1
-            cls, mask, blocked = self._predict(query, mask_features, targets[i + 1],
-                                               {} if last else resized)
+            target = targets[i + 1]
+            at_target = None if i == len(layers) - 1 else resized.get(target)
+            cls, mask, blocked = self._predict(query, mask_features, target, at_target)
             if not all_predictions:
                 all_cls.clear()
                 all_masks.clear()
@@ -164,21 +165,20 @@ class Mask2FormerHead(nn.Module):
         return HeadOutput(all_cls, all_masks, memories, mask_features)
 
     def _predict(self, query: torch.Tensor, mask_features: torch.Tensor,
-                 target: tuple[int, ...], resized: dict[tuple[int, ...], torch.Tensor]
+                 target: tuple[int, ...], at_target: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class logits, mask logits and the attention mask for the next level
-        (True = blocked: the query's resized mask is below 0.5 there). With the mask features
-        at ``target`` in ``resized``, the attention mask is computed from them and the mask
-        logits returned are those at ``target`` (not full size)."""
+        (True = blocked: the query's resized mask is below 0.5 there). Given ``at_target``,
+        the mask features already resized to ``target``, the mask logits are computed there
+        (not at full size) and give the attention mask directly."""
         query = self.transformer_decoder.post_norm(query)
         cls = self.cls_embed(query)
-        embedded = self.mask_embed(query)
-        if target in resized:
-            mask = torch.einsum("bqc,bchw->bqhw", embedded, resized[target])
+        features = mask_features if at_target is None else at_target
+        mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(query), features)
+        if at_target is not None:
             return cls, mask, _blocked(mask)
-        mask = torch.einsum("bqc,bchw->bqhw", embedded, mask_features)
-        resized_mask = F.interpolate(mask, size=target, mode="bilinear", align_corners=False)
-        return cls, mask, _blocked(resized_mask)
+        resized = F.interpolate(mask, size=target, mode="bilinear", align_corners=False)
+        return cls, mask, _blocked(resized)
 
 
 def _bilinear_shrink(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
