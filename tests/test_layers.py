@@ -10,6 +10,7 @@ from vitadapter.modeling.layers import (
     conv_bn_relu,
     folded_conv_bn,
     pointwise_conv_to_contiguous,
+    token_grid,
     token_map,
     transposed,
     transposed_conv2x2_add,
@@ -26,6 +27,25 @@ def test_transposed_conv2x2_is_the_convolution_plus_the_residual():
         expected = conv(x) + residual
     assert out.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_transposed_conv2x2_of_channels_last_maps_is_channels_last():
+    """Channels-last input and residual: the planes come from the pixels as rows and the
+    interleaving moves whole pixels; the values are the convolution's plus the residual."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(6, 5, 2, 2).eval()
+    x = torch.randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 5, 6, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = transposed_conv2x2_add(conv, x, residual)
+        expected = conv(x.contiguous()) + residual.contiguous()
+    assert out.permute(0, 2, 3, 1).is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    # A channels-last input with a contiguous residual takes the contiguous layout.
+    with torch.inference_mode():
+        mixed = transposed_conv2x2_add(conv, x, residual.contiguous())
+    assert mixed.is_contiguous()
+    torch.testing.assert_close(mixed, expected, rtol=0, atol=1e-6)
 
 
 def test_transposed_conv2x2_trains():
@@ -49,6 +69,14 @@ def test_token_map_is_the_row_major_grid():
     grid = token_map(tokens, 2, 3)
     assert grid.shape == (2, 3, 2, 3) and grid.is_contiguous()
     assert torch.equal(grid[1, :, 1, 2], tokens[1, 5])
+
+
+def test_token_grid_is_a_channels_last_view_of_the_tokens():
+    tokens = torch.arange(2 * 6 * 3.0).view(2, 6, 3)
+    grid = token_grid(tokens, 2, 3)
+    assert grid.shape == (2, 3, 2, 3) and grid.data_ptr() == tokens.data_ptr()
+    assert grid.permute(0, 2, 3, 1).is_contiguous()
+    assert torch.equal(grid, token_map(tokens, 2, 3))
 
 
 def test_depthwise_conv_of_the_token_groups_matches_the_plain_convolution():
@@ -158,3 +186,21 @@ def test_upernet_concatenation_of_resized_maps_is_written_in_place_with_the_same
     with torch.inference_mode():
         out = _cat_upsampled(maps, torch.Size((8, 10)))
     assert torch.equal(out, expected)
+
+
+def test_adapter_maps_are_channels_last_views_with_the_same_values(tiny_models, monkeypatch):
+    """In fast inference on a CPU the adapter's output fusion runs on channels-last views of
+    its tokens (no transposing copies); the maps equal those of the contiguous layout."""
+    from vitadapter.modeling import adapter
+
+    model = tiny_models["tiny-upstream"]
+    backbone = model.backbone
+    torch.manual_seed(0)
+    image = torch.randn(2, 3, *model.config.inference.crop_size)
+    with torch.inference_mode():
+        fast = backbone(image)
+        monkeypatch.setattr(adapter, "channels_last_maps", lambda x: False)
+        contiguous = backbone(image)
+    for a, b in zip(fast, contiguous, strict=True):
+        assert a[1].permute(1, 2, 0).is_contiguous() and b.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -22,6 +22,7 @@ from .layers import (
     fresh_gelu,
     maybe_checkpoint,
     pointwise_conv_to_contiguous,
+    token_grid,
     token_map,
     transposed_conv2x2_add,
 )
@@ -47,6 +48,14 @@ def reference_points(shapes: Shapes, device: torch.device) -> torch.Tensor:
 def pyramid_shapes(height: int, width: int) -> Shapes:
     """The 1/8, 1/16 and 1/32 grids of an input of ``height x width`` pixels."""
     return tuple((height // s, width // s) for s in (8, 16, 32))
+
+
+def channels_last_maps(x: torch.Tensor) -> bool:
+    """Whether the adapter's maps stay channels-last views of its tokens (fast inference on a
+    CPU): its output fusion (resizes, additions, the transposed convolution) and the heads'
+    first convolutions (matrix products) run as fast or faster on them, and the transposing
+    copies to (B, C, H, W) maps are saved. Contiguous maps otherwise."""
+    return fast_inference() and x.device.type == "cpu"
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -100,8 +109,13 @@ class SpatialPriorModule(nn.Module):
         # (From channels-last maps these tokens are contiguous.)
         tokens = [fc(c).flatten(2).transpose(1, 2)
                   for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
-        c1 = (pointwise_conv_to_contiguous(c1, self.fc1.weight, self.fc1.bias) if fast
-              else self.fc1(c1))
+        if channels_last_maps(x):  # the pixels as rows of one matrix product
+            weight = self.fc1.weight.flatten(1)
+            c1 = F.linear(c1.permute(0, 2, 3, 1), weight, self.fc1.bias).permute(0, 3, 1, 2)
+        elif fast:
+            c1 = pointwise_conv_to_contiguous(c1, self.fc1.weight, self.fc1.bias)
+        else:
+            c1 = self.fc1(c1)
         return c1, tokens
 
 
@@ -292,6 +306,7 @@ class ViTAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         pyramid = pyramid_shapes(*x.shape[-2:])
+        to_map = token_grid if channels_last_maps(x) else token_map
         c1, (c2, c3, c4) = self.spm(x)
         c = torch.cat([c2 + self.level_embed[0], c3 + self.level_embed[1],
                        c4 + self.level_embed[2]], dim=1)
@@ -313,11 +328,11 @@ class ViTAdapter(nn.Module):
                 feat = feat.to(self.level_embed.dtype)
             c = layer.extract(c, feat, reference_points(pyramid, x.device), vit_grid, height,
                               width)
-            outs.append(token_map(feat, height, width))
+            outs.append(to_map(feat, height, width))
 
-        # Contiguous maps from here on (see token_map); in place on fresh tensors: at 896 each
-        # 1/4-scale map is 205 MB.
-        c2, c3, c4 = (token_map(part, h, w) for part, (h, w) in zip(
+        # In place on fresh tensors (c's own parts in fast inference): at 896 each 1/4-scale
+        # map is 205 MB.
+        c2, c3, c4 = (to_map(part, h, w) for part, (h, w) in zip(
             c.split([h * w for h, w in pyramid], dim=1), pyramid, strict=True))
         c1 = transposed_conv2x2_add(self.up, c2, c1)
         if self.cfg.add_vit_feature:
