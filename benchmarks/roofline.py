@@ -6,13 +6,15 @@ process, with the full-size random weights of ``recipe.py`` (a many-class answer
 the repository's photo:
 
 * the GEMM rate of the precision's dtype (``--gemm-size``^3 matrix products, best of several),
-  measured in that process before and after the forwards;
+  measured in that process before and after the forwards and between them;
 * the crop's FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device
   (matrix products, convolutions, attention);
 * seconds per crop: the median of ``--repeat`` forwards after a warm-up (the PyTorch backend's
   forward, ``TorchRunner.forward``, as ``segment`` runs it: with freed blocks kept for reuse,
   ``vitadapter.keep_freed_memory``, unless ``--system-malloc``);
-* the share of the GEMM rate: FLOPs / seconds / the better of the two GEMM rates;
+* the share of the GEMM rate: the median over the forwards of FLOPs / seconds / the GEMM rate
+  measured around that forward (the mean of the rates just before and just after it), with
+  its range, so that a machine whose speed drifts during a case does not move the share;
 * peak RSS (peak CUDA memory on a GPU), the 1-minute load average before and after, and the
   share of the machine's CPU time other processes took meanwhile (from ``/proc/stat``: on a
   shared machine a busy neighbour makes every parallel region wait, so compare rows measured
@@ -267,19 +269,26 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
         runner.forward(crop)
         synchronize(device)
         row["warmup_s"] = time.perf_counter() - start
-    times = []
+    # The GEMM rate between the forwards too: each forward's share is of the rate measured
+    # around it, so that a machine whose speed drifts (a shared VM: 15 % within one case
+    # here) does not move the share.
+    times, rates = [], [gemm_rate(device, dtype, gemm_size, repeat=3)]
     for _ in range(repeat):
         synchronize(device)
         start = time.perf_counter()
         scores = runner.forward(crop)
         synchronize(device)
         times.append(time.perf_counter() - start)
-    row["times"] = times
+        rates.append(gemm_rate(device, dtype, gemm_size, repeat=3))
+    row["times"], row["gemm_rates"] = times, rates
     row["seconds"] = statistics.median(times)
+    shares = [row["flops"] / seconds / ((before + after) / 2)
+              for seconds, before, after in zip(times, rates, rates[1:], strict=False)]
+    row["share"] = statistics.median(shares)
+    row["share_range"] = [min(shares), max(shares)]
     row.update(profile_forward(runner.forward, crop, device, top))
     row["gemm_after"] = gemm_rate(device, dtype, gemm_size)
-    row["gemm"] = max(row["gemm_before"], row["gemm_after"])
-    row["share"] = row["flops"] / row["seconds"] / row["gemm"]
+    row["gemm"] = statistics.median(rates)
     # The share if nothing ran between the matrix products: the products' own rate.
     product_s = row["profile_wall_s"] * (row["shares"]["gemm"] + row["shares"]["attention"])
     row["products_share"] = row["flops"] / product_s / row["gemm"] if product_s else 0.0
@@ -369,10 +378,16 @@ def machine() -> dict:
     return info
 
 
+def _share(row: dict) -> str:
+    """The share, with the range over the forwards where the run recorded one."""
+    low, high = row.get("share_range", (row["share"], row["share"]))
+    return f"{row['share']:.0%}" + (f" ({low:.0%}-{high:.0%})" if high - low >= 0.005 else "")
+
+
 def print_tables(rows: list[dict], repeat: int, top: int) -> None:
     print("| preset | family | crop | precision | TFLOP / crop | s / crop (median of "
-          f"{repeat}) | GEMM GFLOP/s before / after | share of GEMM | peak GiB | classes "
-          "| load avg | others busy |")
+          f"{repeat}) | GEMM GFLOP/s before / after | share of GEMM (range over the forwards) "
+          "| peak GiB | classes | load avg | others busy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = (r["precision"] + (" compiled" if r["compiled"] else "")
@@ -380,7 +395,7 @@ def print_tables(rows: list[dict], repeat: int, top: int) -> None:
         print(f"| {r['preset']} | {r['family']} | {r['crop']} | {mode} | "
               f"{r['flops'] / 1e12:.3f} | {r['seconds']:.2f} | "
               f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f} | "
-              f"{r['share']:.0%} | {r['peak_gib']:.2f} | {r['classes']} | "
+              f"{_share(r)} | {r['peak_gib']:.2f} | {r['classes']} | "
               f"{r['load_start']:.1f} / {r['load_end']:.1f} | {r['others_busy']:.0%} |")
     print(f"\nWhere the time goes (self time in one profiled forward, share of its wall time; "
           f"top {top} other operators):\n")
