@@ -128,7 +128,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        batch, tokens, dim = x.shape
+        tokens = x.shape[1]
         n = tokens // 21
         groups = ((0, 16 * n, 2 * height, 2 * width), (16 * n, 20 * n, height, width),
                   (20 * n, tokens, height // 2, width // 2))
@@ -137,7 +137,7 @@ class DWConv(nn.Module):
         # returns channels-last maps, i.e. contiguous tokens.
         conv = self.dwconv
         weight = conv.weight.to(memory_format=torch.channels_last)
-        outs = [F.conv2d(x[:, a:b].transpose(1, 2).reshape(batch, dim, h, w), weight, conv.bias,
+        outs = [F.conv2d(token_grid(x[:, a:b], h, w), weight, conv.bias,
                          padding=conv.padding, groups=conv.groups).flatten(2).transpose(1, 2)
                 for a, b, h, w in groups]
         return torch.cat(outs, dim=1)

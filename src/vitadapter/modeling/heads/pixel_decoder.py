@@ -10,7 +10,7 @@ from torch import nn
 
 from ...config.schema import HeadConfig
 from ..deform_attn import MSDeformAttn
-from ..layers import FFN, Conv2d, ConvGN, cached_constant, embedding
+from ..layers import FFN, Conv2d, ConvGN, cached_constant, embedding, token_grid
 from .position_encoding import sine_position_encoding
 
 
@@ -104,7 +104,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         return self._forward(feats)
 
     def _forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        batch = feats[0].shape[0]
         device = feats[0].device
         num_inputs = len(feats)
         levels = [num_inputs - 1 - i for i in range(self.num_levels)]
@@ -119,7 +118,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         ref = level_reference_points(shapes, tuple(self.strides[lvl] for lvl in levels), device)
         memory = self.encoder(torch.cat(tokens, 1), torch.cat(pos, 1), ref, shapes)
 
-        outs = [m.transpose(1, 2).reshape(batch, -1, h, w)
+        outs = [token_grid(m, h, w)
                 for m, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes,
                                      strict=True)]
         for i in range(num_inputs - self.num_levels - 1, -1, -1):
