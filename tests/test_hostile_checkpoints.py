@@ -81,6 +81,19 @@ def test_a_valid_file_still_loads_with_empty_tensors(tmp_path):
     assert load_safetensors(tmp_path / "y.safetensors")[0].keys() == tensors.keys()
 
 
+def test_loaded_tensors_are_aligned_as_pytorch_allocates(tmp_path):
+    """Each tensor in memory of its own, 64-byte aligned wherever the file put it: oneDNN's
+    kernels round differently at other alignments."""
+    tensors = {"a": torch.arange(3.0), "b": torch.randn(5, 7), "c": torch.arange(3),
+               "d": torch.randn(2, 3, dtype=torch.float16)}
+    save_safetensors(tensors, tmp_path / "x.safetensors")
+    loaded, _ = load_safetensors(tmp_path / "x.safetensors")
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in loaded.items():
+        assert tensor.data_ptr() % 64 == 0, name
+        assert torch.equal(tensor, tensors[name])
+
+
 @pytest.mark.parametrize(("meta", "message"), [
     ({"CLASSES": 5}, r"its meta CLASSES is int 5, not a list of class names"),
     ({"CLASSES": "abc"}, r"its meta CLASSES is str 'abc', not a list of class names"),

@@ -2,8 +2,8 @@
 
 Layout: an 8-byte little-endian header length, a JSON header mapping each tensor name to its
 dtype, shape and byte range in the data section (plus an optional ``__metadata__`` dict of
-strings), then the raw little-endian data. Reading copies the file into memory once (no
-memory map): a file truncated or rewritten while a model loaded from it runs cannot change its
+strings), then the raw little-endian data. Reading copies each tensor into memory of its own
+(no memory map): a file truncated or rewritten while a model loaded from it runs cannot change its
 weights or crash the process with SIGBUS.
 """
 
@@ -77,14 +77,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                                   ) from None
     base = 8 + length
     entries, metadata = _entries(path, header, size - base)
-    data = _read_private(path, size)
-    tensors = {}
-    for name, (dtype, shape, start, end) in entries.items():
-        raw = data[base + start:base + end]
-        if (base + start) % _itemsize(dtype):
-            raw = raw.clone()  # unaligned in a file written by another tool
-        tensors[name] = raw.view(dtype).view(shape)
-    return tensors, metadata
+    return _read_private(path, base, entries), metadata
 
 
 Entry = tuple[torch.dtype, list[int], int, int]  # dtype, shape, start and end in the data
@@ -154,14 +147,22 @@ def _is_size(value: object, limit: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
 
 
-def _read_private(path: Path, size: int) -> torch.Tensor:
-    """The first ``size`` bytes of ``path`` in memory of our own."""
-    data = torch.empty(size, dtype=torch.uint8)
-    view = memoryview(data.numpy())  # type: ignore[arg-type]
+def _read_private(path: Path, base: int, entries: Mapping[str, Entry]) -> dict[str, torch.Tensor]:
+    """Each entry's tensor, read from ``path`` into memory of its own: PyTorch's allocation
+    is 64-byte aligned, where a view into the file's bytes would lie wherever the file put it
+    (8-byte steps). oneDNN's convolution and matrix-product kernels round differently at
+    other alignments, so a model loaded from a view would not give the answer of the same
+    weights loaded from a ``.pth`` bit for bit."""
+    tensors = {}
     with open(path, "rb") as f:
-        filled = 0
-        while filled < size and (n := f.readinto(view[filled:])):
-            filled += n
-    if filled < size:
-        raise CheckpointError(f"{path}: the file shrank while it was read")
-    return data
+        for name, (dtype, shape, start, end) in sorted(entries.items(), key=lambda e: e[1][2]):
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            view = memoryview(raw.numpy())  # type: ignore[arg-type]
+            f.seek(base + start)
+            filled = 0
+            while filled < len(view) and (n := f.readinto(view[filled:])):
+                filled += n
+            if filled < len(view):
+                raise CheckpointError(f"{path}: the file shrank while it was read")
+            tensors[name] = raw.view(dtype).view(shape)
+    return {name: tensors[name] for name in entries}
