@@ -75,7 +75,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Profiler keys (lower case) of matrix products and convolutions: aten operators on the CPU,
 # kernel names on a GPU.
 _GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
-             "aten::matmul", "aten::linear", "aten::einsum", "aten::_addmm_activation"}
+             "aten::matmul", "aten::linear", "aten::einsum", "aten::_addmm_activation",
+             "mkldnn::_linear_pointwise"}
 _GEMM_WORDS = ("conv", "gemm", "cutlass", "xmma", "cublas", "wgmma", "winograd", "fprop",
                "cudnn")
 _ATTENTION_WORDS = ("scaled_dot_product", "flash", "fmha", "attention")

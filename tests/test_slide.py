@@ -66,7 +66,12 @@ def test_scores_match_the_official_slide_average(reference_set, segmenters):
     np.testing.assert_allclose(scores[exp["seg_scores_classes"]], exp["seg_scores"][0],
                                rtol=0, atol=1e-5)
     np.testing.assert_allclose(scores.max(0), exp["seg_scores_max"][0], rtol=0, atol=1e-5)
-    assert np.array_equal(scores.argmax(0), exp["seg_scores_argmax"][0])
+    # Equal labels except at float32 ties (top-2 within 1e-6: another summation order, oneDNN's
+    # against MKL's, may pick the other class there).
+    top2 = np.sort(scores, axis=0)[-2:]
+    differ = scores.argmax(0) != exp["seg_scores_argmax"][0]
+    assert not (differ & (top2[1] - top2[0] > 1e-6)).any()
+    assert differ.sum() <= 2
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])

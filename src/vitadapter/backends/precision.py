@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fnmatch import fnmatch
 
 import torch
@@ -82,11 +82,26 @@ def prepare_model(model: nn.Module, precision: Precision, inplace: bool = False,
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
     chosen = {name: qconfig for name, module in model.named_modules()
               if isinstance(module, nn.Linear) and any(fnmatch(name, p) for p in patterns)}
+    _as_plain_linear(model, chosen)
     with warnings.catch_warnings():
         # torch.ao's dynamic quantisation is deprecated in favour of torchao, still works.
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, chosen, dtype=torch.qint8,
                                                        inplace=True)
+
+
+def _as_plain_linear(model: nn.Module, names: Iterable[str]) -> None:
+    """Swap the named layers for ``nn.Linear`` layers holding the same parameters: dynamic
+    quantisation converts that exact type only (``ops.Linear`` is a subclass)."""
+    for name in names:
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear) or type(layer) is nn.Linear:
+            continue
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                          device="meta")
+        plain.weight, plain.bias = layer.weight, layer.bias
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, plain)
 
 
 def _fold_qv_bias(model: nn.Module) -> None:

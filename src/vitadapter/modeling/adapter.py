@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import BackboneConfig, Behaviour
-from ..ops import fast_inference
+from ..ops import Linear, fast_inference, linear
 from .backbones import beit, dinov3, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
@@ -111,7 +111,7 @@ class SpatialPriorModule(nn.Module):
                   for fc, c in ((self.fc2, c2), (self.fc3, c3), (self.fc4, c4))]
         if channels_last_maps(x):  # the pixels as rows of one matrix product
             weight = self.fc1.weight.flatten(1)
-            c1 = F.linear(c1.permute(0, 2, 3, 1), weight, self.fc1.bias).permute(0, 3, 1, 2)
+            c1 = linear(c1.permute(0, 2, 3, 1), weight, self.fc1.bias).permute(0, 3, 1, 2)
         elif fast:
             c1 = pointwise_conv_to_contiguous(c1, self.fc1.weight, self.fc1.bias)
         else:
@@ -146,9 +146,9 @@ class DWConv(nn.Module):
 class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.dwconv = DWConv(hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return self.fc2(fresh_gelu(self.dwconv(self.fc1(x), height, width)))

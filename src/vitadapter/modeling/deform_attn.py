@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..ops import fast_inference, ms_deform_attn, use_reference
+from ..ops import Linear, fast_inference, ms_deform_attn, use_reference
 
 
 class MSDeformAttn(nn.Module):
@@ -26,10 +26,10 @@ class MSDeformAttn(nn.Module):
         if value_dim % num_heads:
             raise ValueError(f"value width {value_dim} is not divisible by {num_heads} heads")
         self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
-        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(embed_dim, value_dim)
-        self.output_proj = nn.Linear(value_dim, embed_dim)
+        self.sampling_offsets = Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = Linear(embed_dim, value_dim)
+        self.output_proj = Linear(value_dim, embed_dim)
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
                 spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:

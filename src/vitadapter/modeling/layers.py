@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import fast_inference
+from ..ops import Linear, activated, fast_inference, linear, matmul_nt
 
 # Rows per block of a long FFN input (see FFN.forward).
 _FFN_ROWS = 2048
@@ -167,10 +167,9 @@ def pointwise_conv_to_contiguous(x: torch.Tensor, weight: torch.Tensor,
     costs a transposing copy), and on a CPU the product is 1.4-2.7x faster than the
     convolution kernel on a contiguous map at 1/4 of a 512 crop."""
     batch, channels, height, width = x.shape
-    pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    pixels = x.flatten(2).transpose(1, 2)  # (B, HW, C): a view in either layout
     rows = weight.view(weight.shape[0], channels)
-    shift = bias.view(1, -1, 1) if bias is not None else x.new_zeros(1, 1, 1)
-    out = torch.baddbmm(shift, rows.expand(batch, -1, -1), pixels.transpose(1, 2))
+    out = matmul_nt(rows.expand(batch, -1, -1), pixels, bias)
     return out.view(batch, weight.shape[0], height, width)
 
 
@@ -218,15 +217,14 @@ def transposed_conv2x2_add(conv: nn.ConvTranspose2d, x: torch.Tensor,
     bias = conv.bias.repeat(4)
     if _is_channels_last(x) and _is_channels_last(residual):
         # (B, H, W, (di, dj, C)) from the pixels as rows; out[b, 2i + di, 2j + dj, c].
-        planes = F.linear(x.permute(0, 2, 3, 1), weight, bias)
+        planes = linear(x.permute(0, 2, 3, 1), weight, bias)
         out = torch.empty(batch, cout, 2 * height, 2 * width, dtype=planes.dtype,
                           device=x.device, memory_format=torch.channels_last)
         torch.add(planes.view(batch, height, width, 2, 2, cout).transpose(2, 3),
                   residual.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, cout),
                   out=out.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, cout))
         return out
-    planes = torch.baddbmm(bias.view(1, -1, 1), weight.expand(batch, -1, -1),
-                           x.reshape(batch, cin, height * width))
+    planes = matmul_nt(weight.expand(batch, -1, -1), x.flatten(2).transpose(1, 2), bias)
     out = torch.empty(batch, cout, 2 * height, 2 * width, dtype=planes.dtype, device=x.device)
     # out[b, c, 2i + di, 2j + dj] = planes[b, (di, dj, c), i, j] + residual[...]
     torch.add(planes.view(batch, 2, 2, cout, height, width).permute(0, 3, 4, 1, 5, 2),
@@ -258,8 +256,8 @@ class FFN(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.ReLU()),
-                                    nn.Linear(hidden, dim))
+        self.layers = nn.Sequential(nn.Sequential(Linear(dim, hidden), nn.ReLU()),
+                                    Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fast_inference():
@@ -280,7 +278,7 @@ class FFN(nn.Module):
         out = torch.empty_like(x)
         for part, rows in zip(x.split(_FFN_ROWS, dim=-2), out.split(_FFN_ROWS, dim=-2),
                               strict=True):
-            torch.add(part, project(torch.relu_(expand(part))), out=rows)
+            torch.add(part, project(activated(expand, part, "relu")), out=rows)
         return out
 
 

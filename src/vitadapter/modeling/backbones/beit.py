@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops import fast_inference, use_reference
-from ..layers import add_residual, cached_constant, fresh_gelu, maybe_checkpoint, transposed
+from ...ops import Linear, activated, fast_inference, linear, use_reference
+from ..layers import add_residual, cached_constant, maybe_checkpoint, transposed
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -55,11 +56,13 @@ INDEX_KEY = "relative_position_index"
 # rows copied for them take heads x rows x (N+1) floats: 100 MB for 16 heads at 896).
 _BIAS_ROWS = 512
 # From this many tokens on the CPU the attention computes explicit scores, one head at a time
-# in blocks of about this many query rows (see Attention._attend_in_row_blocks): 12.6 MB of
-# scores at 3137 tokens. Measured on 2 cores, whole attention modules: the fused kernel is
-# faster at 257 tokens (6.5 against 7.2 ms), even at 577, the explicit one faster from 901
-# (the 480 crop; 1.05x) to 3137 (the 896 crop; 1.17x at 1601). One head per product ran
-# 1.2x faster than all 16 heads of 112 rows (BEiT-L at 896: 322 against 392 ms per layer).
+# in blocks of about this many query rows (see Attention._explicit_scores): 12.6 MB of
+# scores at 3137 tokens. Measured on a 2-core Xeon with MKL's products, whole attention
+# modules: the fused kernel is faster at 257 tokens (6.5 against 7.2 ms), even at 577, the
+# explicit one faster from 901 (the 480 crop; 1.05x) to 3137 (the 896 crop; 1.17x at 1601).
+# One head per product ran 1.2x faster than all 16 heads of 112 rows (BEiT-L at 896: 322
+# against 392 ms per layer). oneDNN's products (ops.linear) run the two products of a head
+# 1.3-1.9x faster again on a 2-core AMD EPYC (q k^T at 3137 tokens: 141 against 73 GFLOP/s).
 _EXPLICIT_TOKENS = 800
 _SCORE_ROWS = 1024
 _scratch = threading.local()
@@ -102,7 +105,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.window = window
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.qkv: nn.Linear = Linear(dim, dim * 3, bias=False)  # int8 may swap it
         self.q_bias: nn.Parameter | None
         self.v_bias: nn.Parameter | None
         self.relative_position_bias_table: nn.Parameter | None
@@ -116,7 +119,7 @@ class Attention(nn.Module):
                 torch.zeros(num_relative_distances(window), num_heads))
         else:
             self.relative_position_bias_table = None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def relative_position_bias(self, index: torch.Tensor | None = None) -> torch.Tensor:
         """The bias of every head, ``(heads, N+1, N+1)``, gathered contiguously from the
@@ -148,7 +151,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         bias = self.qkv_bias()
-        qkv = self.qkv(x) if bias is None else F.linear(x, self.qkv.weight, bias)
+        qkv = self.qkv(x) if bias is None else linear(x, self.qkv.weight, bias)
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         table = self.relative_position_bias_table
         if use_reference():
@@ -192,48 +195,58 @@ class Attention(nn.Module):
             q[:, :, :1], k, v, scale=self.scale, attn_mask=cls_mask.view(1, heads, 1, tokens))
         # Long sequences on the CPU: explicit scores per head and block, the bias added from the
         # strided view directly (no mask copy).
-        explicit = tokens >= _EXPLICIT_TOKENS and q.device.type == "cpu" and fast_inference()
         reversed_q = q[:, :, 1:].flip(2)
-        if explicit:
-            reversed_q.mul_(self.scale)  # (q * scale) @ k^T, as the official code
-        reversed_out = torch.empty_like(reversed_q)
-        # Explicit: (batch, 1 head, rows, N+1) per block; SDPA: (1, heads, rows, N+1).
-        batch, block_heads = (q.shape[0], 1) if explicit else (1, heads)
-        lines = max(1, (_SCORE_ROWS if explicit else _BIAS_ROWS) // ww)  # window rows per block
-        buffer = _bias_buffer(batch * block_heads * lines * ww * tokens, q.dtype, q.device)
+        if tokens >= _EXPLICIT_TOKENS and q.device.type == "cpu" and fast_inference():
+            reversed_out = self._explicit_scores(reversed_q.mul_(self.scale), k, v, windows,
+                                                 from_cls)
+        else:
+            reversed_out = torch.empty_like(reversed_q)
+            lines = max(1, _BIAS_ROWS // ww)  # window rows per block
+            buffer = _bias_buffer(heads * lines * ww * tokens, q.dtype, q.device)
+            for first in range(0, wh, lines):
+                count = min(lines, wh - first)
+                rows = slice(first * ww, (first + count) * ww)
+                block = buffer[:heads * count * ww * tokens].view(1, heads, count * ww, tokens)
+                block[..., 0] = from_cls[:, None]
+                block[..., 1:].unflatten(3, (wh, ww)).unflatten(2, (count, ww)).copy_(
+                    windows[:, first:first + count])
+                reversed_out[:, :, rows] = F.scaled_dot_product_attention(
+                    reversed_q[:, :, rows], k, v, scale=self.scale, attn_mask=block)
+        out[:, :, 1:] = reversed_out.flip(2)
+        return out
+
+    def _explicit_scores(self, reversed_q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         windows: torch.Tensor, from_cls: torch.Tensor) -> torch.Tensor:
+        """The patch queries' attention (``reversed_q`` scaled, in reverse order) as explicit
+        (rows, N+1) scores of one sample and head at a time, in blocks of whole window rows:
+        :func:`~vitadapter.ops.linear` products (oneDNN's), the bias added from the strided
+        ``windows`` view, the softmax in place."""
+        heads, (wh, ww) = self.num_heads, self.window
+        # Dense per head: oneDNN runs strided operands with its slow reference code.
+        keys, values = k.contiguous(), v.contiguous()
+        out = torch.empty_like(reversed_q)
+        lines = max(1, _SCORE_ROWS // ww)
         for first in range(0, wh, lines):
             count = min(lines, wh - first)
             rows = slice(first * ww, (first + count) * ww)
-            block = buffer[:batch * block_heads * count * ww * tokens].view(
-                batch, block_heads, count * ww, tokens)
-            if explicit:
-                for head in range(heads):
-                    one = slice(head, head + 1)
-                    torch.matmul(reversed_q[:, one, rows], k[:, one].transpose(-2, -1),
-                                 out=block)
-                    block[..., 0].add_(from_cls[one, None])
-                    block[..., 1:].unflatten(3, (wh, ww)).unflatten(2, (count, ww)).add_(
-                        windows[one, first:first + count])
-                    torch.softmax(block, -1, out=block)
-                    reversed_out[:, one, rows] = torch.matmul(block, v[:, one])
-                continue
-            block[..., 0] = from_cls[:, None]
-            block[..., 1:].unflatten(3, (wh, ww)).unflatten(2, (count, ww)).copy_(
-                windows[:, first:first + count])
-            reversed_out[:, :, rows] = F.scaled_dot_product_attention(
-                reversed_q[:, :, rows], k, v, scale=self.scale, attn_mask=block)
-        out[:, :, 1:] = reversed_out.flip(2)
+            for b, head in itertools.product(range(reversed_q.shape[0]), range(heads)):
+                scores = linear(reversed_q[b, head, rows], keys[b, head])
+                scores[:, 0].add_(from_cls[head])
+                scores[:, 1:].unflatten(1, (wh, ww)).unflatten(0, (count, ww)).add_(
+                    windows[head, first:first + count])
+                torch.softmax(scores, -1, out=scores)
+                out[b, head, rows] = linear(scores, values[b, head].t())
         return out
 
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(fresh_gelu(self.fc1(x)))
+        return self.fc2(activated(self.fc1, x, "gelu"))
 
 
 class DropPath(nn.Module):

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.schema import BackboneConfig
-from ...ops import fast_inference, use_reference
+from ...ops import Linear, fast_inference, linear, use_reference
+from ...ops.products import Activation
 from ..layers import add_residual, maybe_checkpoint
 from .beit import DropPath, Mlp
 
@@ -91,7 +92,7 @@ def _apply_rope_into(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor,
     return out
 
 
-class MaskedBiasLinear(nn.Linear):
+class MaskedBiasLinear(Linear):
     """The qkv projection whose bias is multiplied by the stored ``bias_mask`` buffer (Meta's
     ``LinearKMaskedBias``: 1 on the q and v thirds, 0 on the k third)."""
 
@@ -104,8 +105,8 @@ class MaskedBiasLinear(nn.Linear):
             mask[out // 3:2 * out // 3] = 0
         self.register_buffer("bias_mask", mask, persistent=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias * self.bias_mask.to(self.bias.dtype))
+    def forward(self, x: torch.Tensor, activation: Activation = None) -> torch.Tensor:
+        return linear(x, self.weight, self.bias * self.bias_mask.to(self.bias.dtype), activation)
 
 
 class Attention(nn.Module):
@@ -113,8 +114,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = (MaskedBiasLinear(dim, 3 * dim) if qkv_bias and mask_k_bias
-                    else nn.Linear(dim, 3 * dim, bias=qkv_bias))
-        self.proj = nn.Linear(dim, dim)
+                    else Linear(dim, 3 * dim, bias=qkv_bias))
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -137,9 +138,9 @@ class SwiGLU(nn.Module):
         super().__init__()
         width = int(hidden * 2 / 3)
         width += -width % align
-        self.w1 = nn.Linear(dim, width)
-        self.w2 = nn.Linear(dim, width)
-        self.w3 = nn.Linear(width, dim)
+        self.w1 = Linear(dim, width)
+        self.w2 = Linear(dim, width)
+        self.w3 = Linear(width, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w3(F.silu(self.w1(x)) * self.w2(x))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.schema import HeadConfig
-from ...ops import fast_inference, use_reference
+from ...ops import Linear, fast_inference, linear, matmul_nt, onednn_applies, use_reference
 from ..layers import embedding
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .position_encoding import sine_position_encoding
@@ -85,7 +85,7 @@ def _crop_scores_in_bands(cls: torch.Tensor, mask_logits: torch.Tensor,
     band_rows = max(1, _BAND_PIXELS // (width * factor)) * factor
     out = cls.new_empty(batch, cls.shape[-1], height, width)
     for i in range(batch):
-        weights = cls[i].t()
+        weights = cls[i].t().contiguous()
         for top in range(0, height, band_rows):
             bottom = min(height, top + band_rows)
             first, last = max(0, top // factor - 1), min(rows, bottom // factor + 1)
@@ -97,8 +97,12 @@ def _crop_scores_in_bands(cls: torch.Tensor, mask_logits: torch.Tensor,
             resized = F.interpolate(source, size=((last - first) * factor, width),
                                     mode="bilinear", align_corners=False)
             band = resized[0, :, top - first * factor:bottom - first * factor].sigmoid_()
-            torch.mm(weights, band.permute(1, 2, 0).reshape(-1, queries).t(),
-                     out=out[i, :, top:bottom].view(-1, (bottom - top) * width))
+            pixels = band.permute(1, 2, 0).reshape(-1, queries)
+            scores = out[i, :, top:bottom].view(-1, (bottom - top) * width)
+            if onednn_applies(pixels, weights):  # 1.7x MKL's rate at K = 100, even with the copy
+                scores.copy_(linear(weights, pixels))
+            else:
+                torch.mm(weights, pixels.t(), out=scores)
     return out
 
 
@@ -120,9 +124,9 @@ class Mask2FormerHead(nn.Module):
         self.query_embed = embedding(cfg.num_queries, feat)
         self.query_feat = embedding(cfg.num_queries, feat)
         self.level_embed = embedding(self.num_levels, feat)
-        self.cls_embed = nn.Linear(feat, cfg.num_classes + 1)
-        self.mask_embed = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(), nn.Linear(feat, feat),
-                                        nn.ReLU(), nn.Linear(feat, cfg.out_channels))
+        self.cls_embed = Linear(feat, cfg.num_classes + 1)
+        self.mask_embed = nn.Sequential(Linear(feat, feat), nn.ReLU(), Linear(feat, feat),
+                                        nn.ReLU(), Linear(feat, cfg.out_channels))
 
     def forward(self, feats: list[torch.Tensor], all_predictions: bool = True) -> HeadOutput:
         """Every prediction set (deep supervision, inspection), or with ``all_predictions``
@@ -179,7 +183,8 @@ class Mask2FormerHead(nn.Module):
         query = self.transformer_decoder.post_norm(query)
         cls = self.cls_embed(query)
         features = mask_features if at_target is None else at_target
-        mask = torch.einsum("bqc,bchw->bqhw", self.mask_embed(query), features)
+        mask = matmul_nt(self.mask_embed(query), features.flatten(2).transpose(1, 2)).view(
+            *query.shape[:2], *features.shape[-2:])
         if at_target is not None:
             return cls, mask, _blocked(mask)
         resized = F.interpolate(mask, size=target, mode="bilinear", align_corners=False)

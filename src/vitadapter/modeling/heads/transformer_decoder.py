@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops import use_reference
+from ...ops import Linear, linear, use_reference
 from ..layers import FFN
 
 
@@ -25,7 +25,7 @@ class MultiheadAttention(nn.Module):
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -36,7 +36,7 @@ class MultiheadAttention(nn.Module):
         heads = self.num_heads
 
         def split(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return F.linear(x, w, b).view(batch, x.shape[1], heads, -1).transpose(1, 2)
+            return linear(x, w, b).view(batch, x.shape[1], heads, -1).transpose(1, 2)
 
         q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
         scale = math.sqrt(1.0 / q.shape[-1])
