@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vitadapter.ops import Linear, activated, linear, matmul_nt, onednn_applies, reference_path
+from vitadapter.ops.products import ENV, onednn_available
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
                                   reason="PyTorch built without oneDNN")
@@ -76,3 +77,13 @@ def test_linear_layer_is_an_nn_linear_with_the_same_state():
     x.requires_grad_()
     ours(x).sum().backward()
     assert x.grad is not None and ours.weight.grad is not None
+
+
+def test_the_environment_chooses_the_products(monkeypatch):
+    monkeypatch.setenv(ENV, "mkl")
+    assert not onednn_available()
+    monkeypatch.setenv(ENV, " oneDNN ")
+    assert onednn_available() == torch.backends.mkldnn.is_available()
+    monkeypatch.setenv(ENV, "blas")
+    with pytest.warns(UserWarning, match=r"VITADAPTER_MATMUL='blas' is not a choice: 'onednn'"):
+        assert onednn_available() == torch.backends.mkldnn.is_available()

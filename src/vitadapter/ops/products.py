@@ -6,11 +6,14 @@ faster on the AMD EPYC (Zen 4, AVX-512) of benchmarks/README.md: 1.1-1.4x on the
 decoder layers, 1.6-1.8x on the class product of a crop's scores (K = 100 queries); and it
 applies the bias and a GELU or ReLU in the product's epilogue, while the rows are still in
 cache, instead of in passes of their own. Same float32 arithmetic, a different summation order:
-results differ in the last bits.
+results differ in the last bits. ``VITADAPTER_MATMUL=mkl`` in the environment keeps PyTorch's
+own products (measured only on that EPYC: check another CPU with ``benchmarks/roofline.py``).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Literal
 
 import torch
@@ -21,7 +24,21 @@ from .dispatch import fast_inference
 
 Activation = Literal["gelu", "relu"] | None
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ENV = "VITADAPTER_MATMUL"
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch has oneDNN's matmul operator and ``$VITADAPTER_MATMUL`` does not
+    ask for PyTorch's own products (``mkl``); read once, at import."""
+    choice = os.environ.get(ENV, "onednn").strip().lower()
+    if choice not in ("onednn", "mkl"):
+        warnings.warn(f"{ENV}={choice!r} is not a choice: 'onednn' (the default) or 'mkl'; "
+                      "using oneDNN", stacklevel=2)
+    return (choice != "mkl" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+_ONEDNN = onednn_available()
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
