@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import BackboneConfig, Behaviour
-from ..ops import Linear, fast_inference, linear
+from ..ops import Linear, fast_inference, fresh_activation, linear
 from .backbones import beit, dinov3, vit
 from .backbones.beit import DropPath, PatchEmbed
 from .backbones.vit import resize_pos_embed
@@ -19,7 +19,6 @@ from .layers import (
     add_residual,
     cached_constant,
     conv_bn_relu,
-    fresh_gelu,
     maybe_checkpoint,
     pointwise_conv_to_contiguous,
     token_grid,
@@ -151,7 +150,7 @@ class ConvFFN(nn.Module):
         self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.fc2(fresh_gelu(self.dwconv(self.fc1(x), height, width)))
+        return self.fc2(fresh_activation(self.dwconv(self.fc1(x), height, width), "gelu"))
 
 
 class AdapterAttention(nn.Module):

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -57,13 +56,6 @@ def add_residual(x: torch.Tensor, branch: torch.Tensor,
     if gamma is not None:
         branch.mul_(gamma)
     return branch.add_(x)
-
-
-def fresh_gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU of a tensor nothing else holds: in place where :func:`fast_inference` (a fresh
-    temporary of the size of the MLP activations, 51 MB per BEiT-L block at 896, costs page
-    faults)."""
-    return torch.ops.aten.gelu_(x) if fast_inference() else F.gelu(x)
 
 
 # Folded BatchNorms: (key, aliases of the tensors folded, weight, bias), dropped with the module.
