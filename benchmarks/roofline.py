@@ -5,13 +5,17 @@ Each preset (``NAME`` or ``NAME@CROP`` for another crop size) runs at each preci
 process, with the full-size random weights of ``recipe.py`` (a many-class answer) on a crop of
 the repository's photo:
 
-* the GEMM rate of the precision's dtype (``--gemm-size``^3 matrix products, best of several),
-  measured in that process before and after the forwards and between them;
+* the GEMM rate of the precision's dtype (``--gemm-size``^3 matrix products, best of several,
+  of the fastest of PyTorch's kernels for them: ``torch.mm`` and, for float32 on the CPU,
+  oneDNN's matmul, which runs at twice MKL's rate on an AMD CPU with AVX-512), measured in that
+  process before and after the forwards and between them;
 * the crop's FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device
   (matrix products, convolutions, attention);
 * seconds per crop: the median of ``--repeat`` forwards after a warm-up (the PyTorch backend's
   forward, ``TorchRunner.forward``, as ``segment`` runs it: with freed blocks kept for reuse,
-  ``vitadapter.keep_freed_memory``, unless ``--system-malloc``);
+  ``vitadapter.keep_freed_memory``, unless ``--system-malloc``) that lasts until a forward
+  touches almost no new memory pages (the heap grows over the first few forwards, and each
+  new page costs a page fault: the steady rate of a stream of crops is what is measured);
 * the share of the GEMM rate: the median over the forwards of FLOPs / seconds / the GEMM rate
   measured around that forward (the mean of the rates just before and just after it), with
   its range, so that a machine whose speed drifts during a case does not move the share;
@@ -51,9 +55,11 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +127,30 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def gemm_rate(device: str, dtype: torch.dtype, size: int, repeat: int = 5) -> float:
-    """Best FLOP/s of ``size``^3 matrix products of ``dtype``; each timing spans enough
-    products for 50 ms (a GPU does one in microseconds)."""
+def gemm_kernels(device: str, dtype: torch.dtype, size: int) -> dict[str, Callable[[], object]]:
+    """``size``^3 products of ``dtype`` by each of PyTorch's kernels for them: ``torch.mm``
+    (MKL on an x86 CPU) and, for float32 on the CPU, oneDNN's matmul (what the fast path runs:
+    MKL runs its AVX2 code on AMD CPUs, at half oneDNN's AVX-512 rate on a Zen 5)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    torch.mm(a, b, out=out)
+    kernels: dict[str, Callable[[], object]] = {"torch.mm": lambda: torch.mm(a, b, out=out)}
+    # Whatever the models run with (``VITADAPTER_MATMUL``): the machine's rate is the best.
+    if (device == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        weight = b.t().contiguous()
+        kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none",
+                                                                         [], "")
+    return kernels
+
+
+def kernel_rate(run: Callable[[], object], size: int, device: str, repeat: int) -> float:
+    """Best FLOP/s of ``run`` (one ``size``^3 product); each timing spans enough products for
+    50 ms (a GPU does one in microseconds)."""
+    run()
     synchronize(device)
     start = time.perf_counter()
-    torch.mm(a, b, out=out)
+    run()
     synchronize(device)
     inner = max(1, round(0.05 / max(time.perf_counter() - start, 1e-6)))
     best = float("inf")
@@ -138,10 +158,44 @@ def gemm_rate(device: str, dtype: torch.dtype, size: int, repeat: int = 5) -> fl
         synchronize(device)
         start = time.perf_counter()
         for _ in range(inner):
-            torch.mm(a, b, out=out)
+            run()
         synchronize(device)
         best = min(best, (time.perf_counter() - start) / inner)
     return 2 * size**3 / best
+
+
+def gemm_rate(device: str, dtype: torch.dtype, size: int, repeat: int = 5,
+              by_kernel: dict[str, float] | None = None) -> float:
+    """The machine's GEMM rate for ``dtype``: the best FLOP/s of the fastest of
+    :func:`gemm_kernels` (each kernel's rate also into ``by_kernel`` when given)."""
+    rates = {name: kernel_rate(run, size, device, repeat)
+             for name, run in gemm_kernels(device, dtype, size).items()}
+    if by_kernel is not None:
+        by_kernel.update(rates)
+    return max(rates.values())
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far: pages the kernel handed it on first touch."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def warm_up_allocator(forward, crop: torch.Tensor, device: str, limit: int = 6,
+                      steady: int = 256) -> list[int]:
+    """More forwards until one touches fewer than ``steady`` new pages (at most ``limit``);
+    returns each one's minor page faults.
+
+    The heap grows over the first few forwards (a 512 Mask2Former crop writes a 157 MB score
+    map beside the last one's) and every new page costs a fault on first touch: 30-40
+    thousand faults, up to 0.3 s, in one forward of DINOv3-S here, two or three forwards after
+    the first. A stream of crops (``segment`` on a folder) runs at the steady rate after that."""
+    faults: list[int] = []
+    while len(faults) < limit and (not faults or faults[-1] >= steady):
+        before = minor_faults()
+        forward(crop)
+        synchronize(device)
+        faults.append(minor_faults() - before)
+    return faults
 
 
 def preset_config(spec: str):  # -> ModelConfig
@@ -151,7 +205,11 @@ def preset_config(spec: str):  # -> ModelConfig
 
     name, _, crop = spec.partition("@")
     cfg = get_preset(name)
-    return with_crop(cfg, int(crop)) if crop else cfg
+    if not crop:
+        return cfg
+    if not crop.isdigit():
+        raise ValueError(f"the crop after '@' is a size in pixels (NAME@512), not {crop!r}")
+    return with_crop(cfg, int(crop))
 
 
 def family(cfg) -> str:  # cfg: ModelConfig
@@ -246,7 +304,8 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
                  "load_start": os.getloadavg()[0]}
     clock, machine_start = time.perf_counter(), cpu_seconds()
     dtype = DTYPES[precision]
-    row["gemm_before"] = gemm_rate(device, dtype, gemm_size)
+    row["gemm_kernels"] = {}
+    row["gemm_before"] = gemm_rate(device, dtype, gemm_size, by_kernel=row["gemm_kernels"])
     cfg = preset_config(spec)
     row.update(family=family(cfg), crop=cfg.inference.crop_size[0], flops=count_flops(cfg))
 
@@ -270,18 +329,22 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
         runner.forward(crop)
         synchronize(device)
         row["warmup_s"] = time.perf_counter() - start
+    row["warmup_faults"] = warm_up_allocator(runner.forward, crop, device)
     # The GEMM rate between the forwards too: each forward's share is of the rate measured
     # around it, so that a machine whose speed drifts (a shared VM: 15 % within one case
     # here) does not move the share.
     times, rates = [], [gemm_rate(device, dtype, gemm_size, repeat=3)]
+    faults = []
     for _ in range(repeat):
         synchronize(device)
+        before = minor_faults()
         start = time.perf_counter()
         scores = runner.forward(crop)
         synchronize(device)
         times.append(time.perf_counter() - start)
+        faults.append(minor_faults() - before)
         rates.append(gemm_rate(device, dtype, gemm_size, repeat=3))
-    row["times"], row["gemm_rates"] = times, rates
+    row["times"], row["gemm_rates"], row["faults"] = times, rates, faults
     row["seconds"] = statistics.median(times)
     shares = [row["flops"] / seconds / ((before + after) / 2)
               for seconds, before, after in zip(times, rates, rates[1:], strict=False)]
@@ -385,18 +448,36 @@ def _share(row: dict) -> str:
     return f"{row['share']:.0%}" + (f" ({low:.0%}-{high:.0%})" if high - low >= 0.005 else "")
 
 
+def _kernels(row: dict) -> str:
+    """Each GEMM kernel's rate at the start where there were several (runs before this
+    column existed timed ``torch.mm`` alone)."""
+    kernels = row.get("gemm_kernels", {})
+    if len(kernels) < 2:
+        return ""
+    return " (" + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in kernels.items()) + ")"
+
+
+def _warm_up(row: dict) -> str:
+    """The forwards before the timed ones (the first sets the recipe's mask bias), with the
+    new pages each touched; runs before this column existed recorded none."""
+    faults = row.get("warmup_faults")
+    if faults is None:
+        return ""
+    return f"{1 + len(faults)} ({', '.join(f'{n:,}' for n in faults)})"
+
+
 def print_tables(rows: list[dict], repeat: int, top: int) -> None:
     print("| preset | family | crop | precision | TFLOP / crop | s / crop (median of "
           f"{repeat}) | GEMM GFLOP/s before / after | share of GEMM (range over the forwards) "
-          "| peak GiB | classes | load avg | others busy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| warm-up forwards (page faults) | peak GiB | classes | load avg | others busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = (r["precision"] + (" compiled" if r["compiled"] else "")
                 + ("" if r["kept_freed_memory"] else " system malloc"))
         print(f"| {r['preset']} | {r['family']} | {r['crop']} | {mode} | "
               f"{r['flops'] / 1e12:.3f} | {r['seconds']:.2f} | "
-              f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f} | "
-              f"{_share(r)} | {r['peak_gib']:.2f} | {r['classes']} | "
+              f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f}{_kernels(r)} | "
+              f"{_share(r)} | {_warm_up(r)} | {r['peak_gib']:.2f} | {r['classes']} | "
               f"{r['load_start']:.1f} / {r['load_end']:.1f} | {r['others_busy']:.0%} |")
     print(f"\nWhere the time goes (self time in one profiled forward, share of its wall time; "
           f"top {top} other operators):\n")
@@ -448,6 +529,13 @@ def main() -> None:
                                  args.system_malloc)))
         return
 
+    from vitadapter.errors import ConfigError
+
+    for spec in args.presets:  # a wrong name fails here, not after the earlier cases ran
+        try:
+            preset_config(spec)
+        except (ConfigError, ValueError) as error:
+            parser.error(f"--presets {spec}: {error}")
     earlier = load_run(args.against) if args.against else None
     precisions = args.precisions or (["fp32", "bf16"] if args.device.startswith("cuda")
                                      else ["fp32"])
