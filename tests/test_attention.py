@@ -1,14 +1,19 @@
-"""The fast attention (scaled_dot_product_attention) against the explicit reference path."""
+"""The fast attention (scaled_dot_product_attention, and ``ops.attention``'s explicit oneDNN
+scores from ``EXPLICIT_TOKENS`` tokens on) against the explicit reference path."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitadapter.modeling.backbones.beit import Attention
 from vitadapter.modeling.heads.mask2former import _bilinear_shrink
 from vitadapter.modeling.heads.transformer_decoder import MultiheadAttention
-from vitadapter.ops import reference_path
+from vitadapter.ops import attention, reference_path
+from vitadapter.ops import self_attention as attention_module
 
 
 def both_paths(module: torch.nn.Module, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,3 +193,51 @@ def test_long_ffn_inputs_run_in_blocks_of_rows():
         whole = x + ffn.layers(x)
     torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
     assert blocked.shape == x.shape
+
+
+# -- ops.attention: unmasked self-attention (DINOv3, plain ViTs) ------------------------------
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                                  reason="PyTorch built without oneDNN")
+
+
+def _heads(batch: int, tokens: int, heads: int, dim: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v as a ViT makes them: (B, heads, N, D) views of one fused projection."""
+    qkv = torch.randn(batch, tokens, 3, heads, dim).permute(2, 0, 3, 1, 4)
+    return tuple(qkv.unbind(0))
+
+
+def _forbid_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_args, **_kwargs):
+        raise AssertionError("the fused kernel ran")
+    monkeypatch.setattr(attention_module, "F", SimpleNamespace(scaled_dot_product_attention=fail))
+
+
+@needs_onednn
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_explicit_scores_equal_the_fused_kernel(monkeypatch, scale):
+    q, k, v = _heads(2, 600, 3, 32)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    # Blocks of 130 query rows: four whole ones and a last one of 80.
+    monkeypatch.setattr(attention_module, "_BLOCK_SCORES", 130 * 600)
+    _forbid_fused_kernel(monkeypatch)
+    with torch.inference_mode():
+        out = attention(q, k, v, scale=scale)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # Heads merged back into tokens without a copy.
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_short_sequences_training_and_the_reference_path_keep_the_fused_kernel():
+    q, k, v = _heads(1, attention_module.EXPLICIT_TOKENS, 2, 16)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    with torch.inference_mode():
+        short = attention(q[:, :, :-1], k, v)
+        with reference_path():
+            assert torch.equal(attention(q, k, v), expected)
+    assert torch.equal(short, F.scaled_dot_product_attention(q[:, :, :-1], k, v))
+    q.requires_grad_(True)
+    out = attention(q, k, v)  # autograd on
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+    out.sum().backward()
+    assert q.grad is not None

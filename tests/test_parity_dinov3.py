@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from vitadapter.errors import CheckpointError
 from vitadapter.files import sha256_of
 from vitadapter.modeling.backbones import dinov3
 from vitadapter.ops import reference_path
+from vitadapter.ops import self_attention as attention_module
 from vitadapter.weights.checkpoint import read_backbone_checkpoint
 from vitadapter.weights.safetensors import save_safetensors
 
@@ -75,10 +77,14 @@ def run_stages(model: torch.nn.Module, crop: torch.Tensor) -> dict[str, torch.Te
     return stages
 
 
-@pytest.mark.parametrize("reference", [False, True], ids=["fast", "reference"])
+@pytest.mark.parametrize("path", ["fast", "explicit-attention", "reference"])
 def test_every_stage_matches_meta(model: torch.nn.Module, expected: dict[str, np.ndarray],
-                                  reference: bool) -> None:
-    with reference_path(reference):
+                                  path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "explicit-attention":  # the fast path's attention at a full-size crop's tokens
+        monkeypatch.setattr(attention_module, "EXPLICIT_TOKENS", 1)
+        monkeypatch.setattr(attention_module, "F", SimpleNamespace(
+            scaled_dot_product_attention=pytest.fail))
+    with reference_path(path == "reference"):
         stages = run_stages(model, crop0(expected))
     assert len(stages) == 15
     for name, ours in stages.items():

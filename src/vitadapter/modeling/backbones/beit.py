@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops import Linear, activated, fast_inference, linear, use_reference
+from ...ops import Linear, activated, attention, fast_inference, linear, use_reference
 from ..layers import add_residual, cached_constant, maybe_checkpoint, transposed
 
 
@@ -160,7 +160,7 @@ class Attention(nn.Module):
                 attn = attn + self.relative_position_bias().unsqueeze(0)
             x = attn.softmax(dim=-1) @ v
         elif table is None:
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            x = attention(q, k, v, scale=self.scale)
         elif torch.is_grad_enabled() and table.requires_grad:
             mask = self.relative_position_bias().unsqueeze(0).to(q.dtype)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)

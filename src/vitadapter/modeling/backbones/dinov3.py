@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.schema import BackboneConfig
-from ...ops import Linear, fast_inference, linear, use_reference
+from ...ops import Linear, attention, fast_inference, linear, use_reference
 from ...ops.products import Activation
 from ..layers import add_residual, maybe_checkpoint
 from .beit import DropPath, Mlp
@@ -126,7 +126,7 @@ class Attention(nn.Module):
         if use_reference():
             x = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v)
+            x = attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops import Linear, fast_inference, use_reference
+from ...ops import Linear, attention, fast_inference, use_reference
 from ..layers import add_residual, maybe_checkpoint
 from .beit import DropPath, Mlp
 
@@ -39,7 +39,7 @@ class Attention(nn.Module):
         if use_reference():  # the official order: (q k^T) * scale, softmax
             x = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            x = attention(q, k, v, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 
