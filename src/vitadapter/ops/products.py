@@ -2,7 +2,7 @@
 
 PyTorch sends a float32 ``F.linear`` on the CPU to MKL's sgemm. oneDNN's matmul (PyTorch's
 ``mkldnn::_linear_pointwise``, which its own compiler uses) runs the shapes of these models
-faster on the AMD EPYC (Zen 4, AVX-512) of benchmarks/README.md: 1.1-1.4x on the ViT and
+faster on the AMD EPYC (Zen 5, AVX-512) of benchmarks/README.md: 1.1-1.4x on the ViT and
 decoder layers, 1.6-1.8x on the class product of a crop's scores (K = 100 queries); and it
 applies the bias and a GELU or ReLU in the product's epilogue, while the rows are still in
 cache, instead of in passes of their own. Same float32 arithmetic, a different summation order:
