@@ -13,6 +13,7 @@ order (the fused kernel's running softmax against one softmax per row): within 1
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,10 @@ EXPLICIT_TOKENS = 512
 _BLOCK_SCORES = 1 << 20
 
 
+# Adds a bias to a block of scores in place: (scores (rows, N), head, the block's query rows).
+ScoreBias = Callable[[torch.Tensor, int, slice], object]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               scale: float | None = None) -> torch.Tensor:
     """``softmax(q k^T * scale) v`` of (B, heads, N, D) tensors (``scale``: D^-0.5 unless
@@ -34,17 +39,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     tokens, keys = q.shape[-2], k.shape[-2]
     if not (onednn_applies(q, k) and tokens >= EXPLICIT_TOKENS):
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    batch, heads, _, dim = q.shape
-    scale = dim ** -0.5 if scale is None else scale
-    # The scale on q (N x D) rather than on the scores (N x N); dense heads for oneDNN (it runs
-    # strided operands with its slow reference code).
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    # The scale on q (N x D) rather than on the scores (N x N).
     scaled_q = torch.mul(q, scale, out=torch.empty(q.shape, dtype=q.dtype))
+    return explicit_attention(scaled_q, k, v, max(1, _BLOCK_SCORES // keys))
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int,
+                       add_bias: ScoreBias | None = None) -> torch.Tensor:
+    """``softmax(q k^T + bias) v`` of (B, heads, N, D) CPU tensors, ``q`` already scaled: the
+    scores of one sample, head and ``rows`` query rows at a time, both products
+    :func:`~vitadapter.ops.linear`, ``add_bias`` (if any) and the softmax in place on each
+    block. Returned as :func:`attention` does."""
+    batch, heads, tokens, _ = q.shape
+    # Dense heads: oneDNN runs strided operands with its slow reference code.
     k, v = k.contiguous(), v.contiguous()
     out = torch.empty(batch, tokens, heads, v.shape[-1], dtype=v.dtype)
-    rows = max(1, _BLOCK_SCORES // keys)
     for b, head, first in itertools.product(range(batch), range(heads), range(0, tokens, rows)):
-        block = slice(first, first + rows)
-        scores = linear(scaled_q[b, head, block], k[b, head])
+        block = slice(first, min(first + rows, tokens))
+        scores = linear(q[b, head, block], k[b, head])
+        if add_bias is not None:
+            add_bias(scores, head, block)
         torch.softmax(scores, -1, out=scores)
         out[b, block, head] = linear(scores, v[b, head].t())
     return out.transpose(1, 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import Linear, activated, attention, fast_inference, linear, use_reference
+from ...ops.self_attention import explicit_attention
 from ..layers import add_residual, cached_constant, maybe_checkpoint, transposed
 
 
@@ -218,25 +218,17 @@ class Attention(nn.Module):
     def _explicit_scores(self, reversed_q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          windows: torch.Tensor, from_cls: torch.Tensor) -> torch.Tensor:
         """The patch queries' attention (``reversed_q`` scaled, in reverse order) as explicit
-        (rows, N+1) scores of one sample and head at a time, in blocks of whole window rows:
-        :func:`~vitadapter.ops.linear` products (oneDNN's), the bias added from the strided
-        ``windows`` view, the softmax in place."""
-        heads, (wh, ww) = self.num_heads, self.window
-        # Dense per head: oneDNN runs strided operands with its slow reference code.
-        keys, values = k.contiguous(), v.contiguous()
-        out = torch.empty_like(reversed_q)
-        lines = max(1, _SCORE_ROWS // ww)
-        for first in range(0, wh, lines):
-            count = min(lines, wh - first)
-            rows = slice(first * ww, (first + count) * ww)
-            for b, head in itertools.product(range(reversed_q.shape[0]), range(heads)):
-                scores = linear(reversed_q[b, head, rows], keys[b, head])
-                scores[:, 0].add_(from_cls[head])
-                scores[:, 1:].unflatten(1, (wh, ww)).unflatten(0, (count, ww)).add_(
-                    windows[head, first:first + count])
-                torch.softmax(scores, -1, out=scores)
-                out[b, head, rows] = linear(scores, values[b, head].t())
-        return out
+        scores (:func:`~vitadapter.ops.self_attention.explicit_attention`), in blocks of whole
+        window rows, each block's bias added from the strided ``windows`` view."""
+        wh, ww = self.window
+
+        def add_bias(scores: torch.Tensor, head: int, rows: slice) -> None:
+            first, count = rows.start // ww, scores.shape[0] // ww
+            scores[:, 0].add_(from_cls[head])
+            scores[:, 1:].unflatten(1, (wh, ww)).unflatten(0, (count, ww)).add_(
+                windows[head, first:first + count])
+
+        return explicit_attention(reversed_q, k, v, max(1, _SCORE_ROWS // ww) * ww, add_bias)
 
 
 class Mlp(nn.Module):
