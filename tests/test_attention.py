@@ -241,3 +241,33 @@ def test_short_sequences_training_and_the_reference_path_keep_the_fused_kernel()
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
     out.sum().backward()
     assert q.grad is not None
+
+
+@needs_onednn
+def test_the_base_2_softmax_shifts_the_blocks_whose_sums_leave_its_range():
+    """Scores beyond 128 overflow exp2 and a row far below zero sums to nothing: those
+    blocks (and only the blocks that need it) are computed again with the row maximum
+    subtracted, and every row equals the float64 softmax."""
+    torch.manual_seed(0)
+    q, k, v = _heads(1, 96, 2, 16)
+    q = q * 15.0
+    assert (q @ k.transpose(-2, -1)).max() * attention_module.LOG2E > 128  # exp2 overflows
+    calls = []
+
+    def push_down(scores: torch.Tensor, head: int, rows: slice) -> None:
+        calls.append((head, rows.start))
+        if head == 1 and rows.start == 0:
+            scores.sub_(1000.0)  # every term of these rows below 2^-900
+
+    with torch.inference_mode():
+        out = attention_module.explicit_attention(q * attention_module.LOG2E, k, v, 32,
+                                                  push_down)
+    bias = torch.zeros(1, 2, 96, 96, dtype=torch.float64)
+    bias[0, 1, :32] = -1000.0 / attention_module.LOG2E
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=1.0,
+                                              attn_mask=bias)
+    assert torch.isfinite(out).all()
+    # (Scores of ~100 carry float32 rounding of ~1e-5 into the exponent.)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    assert calls.count((1, 0)) == 2  # computed again with the shift
+    assert len(calls) > 6  # (the other blocks overflow here too)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import Linear, activated, attention, fast_inference, linear, use_reference
-from ...ops.self_attention import explicit_attention
+from ...ops.self_attention import LOG2E, explicit_attention
 from ..layers import add_residual, cached_constant, maybe_checkpoint, transposed
 
 
@@ -186,8 +186,6 @@ class Attention(nn.Module):
         tokens = patches + 1
         table = table.t().to(q.dtype)  # (heads, rows of the table)
         grid = table[:, :-3].reshape(heads, 2 * wh - 1, 2 * ww - 1).flip(1, 2).contiguous()
-        windows = grid.as_strided((heads, wh, ww, wh, ww),
-                                  (grid.stride(0), 2 * ww - 1, 1, 2 * ww - 1, 1))
         to_patch, from_cls, cls_to_cls = table[:, -3], table[:, -2], table[:, -1]
         out = torch.empty_like(q)
         cls_mask = torch.cat((cls_to_cls[:, None], to_patch[:, None].expand(-1, patches)), 1)
@@ -197,9 +195,11 @@ class Attention(nn.Module):
         # strided view directly (no mask copy).
         reversed_q = q[:, :, 1:].flip(2)
         if tokens >= _EXPLICIT_TOKENS and q.device.type == "cpu" and fast_inference():
-            reversed_out = self._explicit_scores(reversed_q.mul_(self.scale), k, v, windows,
-                                                 from_cls)
+            # In base 2 (explicit_attention's contract): log2(e) on the queries and the bias.
+            reversed_out = self._explicit_scores(reversed_q.mul_(self.scale * LOG2E), k, v,
+                                                 self._windows(grid * LOG2E), from_cls * LOG2E)
         else:
+            windows = self._windows(grid)
             reversed_out = torch.empty_like(reversed_q)
             lines = max(1, _BIAS_ROWS // ww)  # window rows per block
             buffer = _bias_buffer(heads * lines * ww * tokens, q.dtype, q.device)
@@ -215,11 +215,19 @@ class Attention(nn.Module):
         out[:, :, 1:] = reversed_out.flip(2)
         return out
 
+    def _windows(self, grid: torch.Tensor) -> torch.Tensor:
+        """The (heads, Wh, Ww, Wh, Ww) strided view of the flipped bias ``grid`` (heads,
+        2Wh-1, 2Ww-1) whose [:, y', x'] is the bias row of patch query ``N-1-p'``."""
+        wh, ww = self.window
+        return grid.as_strided((grid.shape[0], wh, ww, wh, ww),
+                               (grid.stride(0), 2 * ww - 1, 1, 2 * ww - 1, 1))
+
     def _explicit_scores(self, reversed_q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          windows: torch.Tensor, from_cls: torch.Tensor) -> torch.Tensor:
-        """The patch queries' attention (``reversed_q`` scaled, in reverse order) as explicit
-        scores (:func:`~vitadapter.ops.self_attention.explicit_attention`), in blocks of whole
-        window rows, each block's bias added from the strided ``windows`` view."""
+        """The patch queries' attention (``reversed_q`` scaled, in reverse order, and all in
+        base 2) as explicit scores (:func:`~vitadapter.ops.self_attention.explicit_attention`),
+        in blocks of whole window rows, each block's bias added from the strided ``windows``
+        view."""
         wh, ww = self.window
 
         def add_bias(scores: torch.Tensor, head: int, rows: slice) -> None:
