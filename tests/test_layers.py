@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from vitadapter.modeling import layers
+from vitadapter.modeling.backbones.beit import Mlp
 from vitadapter.modeling.layers import (
     Conv2d,
+    add_mlp_residual,
+    add_residual,
     conv_bn_relu,
     folded_conv_bn,
     pointwise_conv_to_contiguous,
@@ -204,3 +209,27 @@ def test_adapter_maps_are_channels_last_views_with_the_same_values(tiny_models, 
     for a, b in zip(fast, contiguous, strict=True):
         assert a[1].permute(1, 2, 0).is_contiguous() and b.is_contiguous()
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_gamma", [False, True])
+def test_long_sequences_add_the_mlp_residual_in_blocks_of_rows_with_the_same_values(
+        monkeypatch, with_gamma):
+    torch.manual_seed(0)
+    monkeypatch.setattr(layers, "_LONG_SEQUENCE", 40)
+    monkeypatch.setattr(layers, "_MLP_ROWS", 16)
+    norm, mlp = nn.LayerNorm(32).eval(), Mlp(32, 128).eval()
+    gamma = torch.rand(32) if with_gamma else None
+    rows_seen = []
+    mlp.register_forward_hook(lambda _m, args, _out: rows_seen.append(args[0].shape[-2]))
+    with torch.inference_mode():
+        x = torch.randn(2, 41, 32)
+        expected = add_residual(x, mlp(norm(x)), gamma)
+        rows_seen.clear()
+        out = add_mlp_residual(x.clone(), norm, mlp, gamma)
+        assert rows_seen == [16, 16, 9]
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+        rows_seen.clear()
+        short = x[:, :40]  # not longer than _LONG_SEQUENCE: one product
+        torch.testing.assert_close(add_mlp_residual(short.clone(), norm, mlp, gamma),
+                                   add_residual(short, mlp(norm(short)), gamma), rtol=0, atol=0)
+        assert rows_seen == [40, 40]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ...ops import Linear, activated, attention, fast_inference, linear, use_reference
 from ...ops.self_attention import LOG2E, explicit_attention
-from ..layers import add_residual, cached_constant, maybe_checkpoint, transposed
+from ..layers import add_mlp_residual, add_residual, cached_constant, maybe_checkpoint, transposed
 
 
 def num_relative_distances(window: tuple[int, int]) -> int:
@@ -294,7 +294,7 @@ class Block(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if fast_inference() and not self.training:
             x = add_residual(x, self.attn(self.norm1(x)), self.gamma_1)
-            return add_residual(x, self.mlp(self.norm2(x)), self.gamma_2)
+            return add_mlp_residual(x, self.norm2, self.mlp, self.gamma_2)
         if self.gamma_1 is None:
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))

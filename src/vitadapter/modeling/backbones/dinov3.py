@@ -20,7 +20,7 @@ from torch import nn
 from ...config.schema import BackboneConfig
 from ...ops import Linear, attention, fast_inference, linear, use_reference
 from ...ops.products import Activation
-from ..layers import add_residual, maybe_checkpoint
+from ..layers import add_mlp_residual, add_residual, maybe_checkpoint
 from .beit import DropPath, Mlp
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -180,7 +180,7 @@ class Block(nn.Module):
     def _forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         if fast_inference() and not self.training:
             x = add_residual(x, self.attn(self.norm1(x), rope), self.ls1.gamma)
-            return add_residual(x, self.mlp(self.norm2(x)), self.ls2.gamma)
+            return add_mlp_residual(x, self.norm2, self.mlp, self.ls2.gamma)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import Linear, attention, fast_inference, use_reference
-from ..layers import add_residual, maybe_checkpoint
+from ..layers import add_mlp_residual, add_residual, maybe_checkpoint
 from .beit import DropPath, Mlp
 
 
@@ -71,7 +71,7 @@ class Block(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if fast_inference() and not self.training:
             x = add_residual(x, self.attn(self.norm1(x)), self.gamma1)
-            return add_residual(x, self.mlp(self.norm2(x)), self.gamma2)
+            return add_mlp_residual(x, self.norm2, self.mlp, self.gamma2)
         if self.gamma1 is None or self.gamma2 is None:
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))
