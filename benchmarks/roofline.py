@@ -23,9 +23,13 @@ the repository's photo:
   share of the machine's CPU time other processes took meanwhile (from ``/proc/stat``: on a
   shared machine a busy neighbour makes every parallel region wait, so compare rows measured
   quiet; ``--wait-quiet`` waits for a quiet moment before each case);
-* a ``torch.profiler`` profile of one more forward: the self time of matrix products and
+* the self time of one more forward's operators (on the CPU timed at PyTorch's Python dispatch,
+  :class:`OperatorTimer`: ``torch.profiler``'s records grow the heap and move page faults onto
+  the operators; on a GPU ``torch.profiler``'s device time): of matrix products and
   convolutions, of attention kernels, of every other operator (the top ones listed) and the
-  time no operator accounts for (Python and dispatch overhead; on a GPU, device idle time);
+  time no operator accounts for (Python and dispatch overhead, here with the timer's own: the
+  Python dispatch adds some 10 us per operator call: 7 % of DINOv3-S's 7000; on a GPU,
+  device idle time);
   and the rate of the products themselves (FLOPs / their self time, as a share of the GEMM
   rate): the share the forward would reach with nothing between its products, the ceiling
   of the work between them.
@@ -64,6 +68,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench_common import PRESET, peak_rss_gib, run_case
 
@@ -252,33 +257,73 @@ def classify(key: str) -> str:
     return "other"
 
 
-def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
-    """Self time by kind of operator over one profiled forward, as shares of its wall time
-    (device time on a GPU); the ``top`` other operators by self time."""
+class OperatorTimer(TorchDispatchMode):
+    """Wall time of each operator call that reaches PyTorch's Python dispatch (the operators a
+    forward calls, not those they call inside), by name. On the CPU, where operators run
+    synchronously, this is their own time without the profiler's records, which grow the heap
+    and charge its new pages' faults to whichever operator first writes them (0.3 s of the
+    seed's profiled forward in one run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[object, list] = {}  # operator: [seconds, calls]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        elapsed = time.perf_counter() - start
+        record = self.records.setdefault(func, [0.0, 0])
+        record[0] += elapsed
+        record[1] += 1
+        return out
+
+    def totals(self) -> list[tuple[float, str, int]]:
+        """(self us, operator named as the profiler names it, calls) per operator."""
+        merged: dict[str, list] = {}
+        for func, (seconds, calls) in self.records.items():
+            row = merged.setdefault(str(func.overloadpacket).replace(".", "::", 1), [0.0, 0])
+            row[0] += seconds
+            row[1] += calls
+        return [(seconds * 1e6, name, calls) for name, (seconds, calls) in merged.items()]
+
+
+def _self_times(forward, crop: torch.Tensor, device: str) -> tuple[float, list[tuple]]:
+    """Wall time of one forward (us) and (self us, operator, calls) for its operators: device
+    time from ``torch.profiler`` on a GPU, :class:`OperatorTimer` on the CPU."""
+    if not device.startswith("cuda"):
+        timer = OperatorTimer()
+        with timer:
+            start = time.perf_counter()
+            forward(crop)
+            wall_us = (time.perf_counter() - start) * 1e6
+        return wall_us, timer.totals()
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         synchronize(device)
         start = time.perf_counter()
         forward(crop)
         synchronize(device)
         wall_us = (time.perf_counter() - start) * 1e6
+    return wall_us, [(float(getattr(event, "self_device_time_total", 0.0)
+                            or getattr(event, "self_cuda_time_total", 0.0)),
+                      event.key, int(event.count)) for event in prof.key_averages()]
+
+
+def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
+    """Self time by kind of operator over one timed forward, as shares of its wall time
+    (device time on a GPU); the ``top`` other operators by self time."""
+    cuda = device.startswith("cuda")
+    wall_us, times = _self_times(forward, crop, device)
     totals = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
     others = []
-    for event in prof.key_averages():
-        if cuda:
-            self_us = float(getattr(event, "self_device_time_total", 0.0)
-                            or getattr(event, "self_cuda_time_total", 0.0))
-        else:
-            self_us = float(event.self_cpu_time_total)
+    for self_us, name, calls in times:
         if self_us <= 0:
             continue
-        kind = classify(event.key)
+        kind = classify(name)
         totals[kind] += self_us
         if kind == "other":
-            others.append((self_us, event.key, int(event.count)))
+            others.append((self_us, name, calls))
     others.sort(reverse=True)
     share = {k: v / wall_us for k, v in totals.items()}
     share["untracked"] = max(0.0, 1.0 - sum(share.values()))
@@ -290,12 +335,10 @@ def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
 
 def quietest_profile(forward, crop: torch.Tensor, device: str, top: int, tries: int = 3,
                      steady: int = 256) -> dict:
-    """:func:`profile_forward` up to ``tries`` times, until a profiled forward touches fewer
-    than ``steady`` new pages; the one that touched the fewest, with that count. The profiler's
-    own records land between the forward's blocks on the heap, so a profiled forward can grow
-    the heap again (16-31 thousand page faults in one of BEiT-B's), and each fault's cost is
-    charged to whichever operator first wrote the page (BEiT-B's bilinear resizes: 10 % of a
-    profile, 3 ms of a 1.4 s forward without the profiler)."""
+    """:func:`profile_forward` up to ``tries`` times, until a timed forward touches fewer than
+    ``steady`` new pages; the one that touched the fewest, with that count. A forward can still
+    grow the heap after the warm-up (the crop's 150 MB of scores, now and then), and each
+    fault's cost is charged to whichever operator first wrote the page."""
     best: dict | None = None
     for _ in range(tries):
         before = minor_faults()
@@ -505,9 +548,10 @@ def print_tables(rows: list[dict], repeat: int, top: int) -> None:
               f"{r['gemm_before'] / 1e9:.0f} / {r['gemm_after'] / 1e9:.0f}{_kernels(r)} | "
               f"{_share(r)} | {_warm_up(r)} | {r['peak_gib']:.2f} | {r['classes']} | "
               f"{r['load_start']:.1f} / {r['load_end']:.1f} | {r['others_busy']:.0%} |")
-    print(f"\nWhere the time goes (self time in one profiled forward, share of its wall time; "
-          f"top {top} other operators; the profiled forward's page faults, whose cost lands on "
-          "the operator that first wrote each new page):\n")
+    print(f"\nWhere the time goes (self time in one more forward, its operators timed at the "
+          f"dispatch on a CPU, by torch.profiler on a GPU; share of its wall time; top {top} "
+          "other operators; that forward's page faults, whose cost lands on the operator that "
+          "first wrote each new page):\n")
     print("| preset | precision | matmul / conv | attention | other ops | untracked | "
           "products at (share of GEMM) | page faults | top other operators |")
     print("|---|---|---|---|---|---|---|---|---|")
