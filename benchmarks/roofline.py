@@ -23,13 +23,13 @@ the repository's photo:
   share of the machine's CPU time other processes took meanwhile (from ``/proc/stat``: on a
   shared machine a busy neighbour makes every parallel region wait, so compare rows measured
   quiet; ``--wait-quiet`` waits for a quiet moment before each case);
-* the self time of one more forward's operators (on the CPU timed at PyTorch's Python dispatch,
-  :class:`OperatorTimer`: ``torch.profiler``'s records grow the heap and move page faults onto
-  the operators; on a GPU ``torch.profiler``'s device time): of matrix products and
-  convolutions, of attention kernels, of every other operator (the top ones listed) and the
-  time no operator accounts for (Python and dispatch overhead, here with the timer's own: the
-  Python dispatch adds some 10 us per operator call: 7 % of DINOv3-S's 7000; on a GPU,
-  device idle time);
+* the self time of one more forward's operators (eager on the CPU timed at PyTorch's Python
+  dispatch, :class:`OperatorTimer`: ``torch.profiler``'s records grow the heap and move page
+  faults onto the operators; compiled, ``torch.profiler``'s; on a GPU its device time): of
+  matrix products and convolutions, of attention kernels, of every other operator (the top
+  ones listed) and the time no operator accounts for (Python and dispatch overhead, with the
+  timer's own: some 10 us per operator call, 7 % of DINOv3-S's 7000; on a GPU, device idle
+  time);
   and the rate of the products themselves (FLOPs / their self time, as a share of the GEMM
   rate): the share the forward would reach with nothing between its products, the ceiling
   of the work between them.
@@ -261,12 +261,13 @@ class OperatorTimer(TorchDispatchMode):
     """Wall time of each operator call that reaches PyTorch's Python dispatch (the operators a
     forward calls, not those they call inside), by name. On the CPU, where operators run
     synchronously, this is their own time without the profiler's records, which grow the heap
-    and charge its new pages' faults to whichever operator first writes them (0.3 s of the
-    seed's profiled forward in one run)."""
+    and charge its new pages' faults to whichever operator first writes them (99 thousand page
+    faults in the seed's profiled forward in one run). A compiled forward runs uncompiled
+    under it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.records: dict[object, list] = {}  # operator: [seconds, calls]
+        self.records: dict[torch._ops.OpOverload, list] = {}  # [seconds, calls]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         start = time.perf_counter()
@@ -287,34 +288,38 @@ class OperatorTimer(TorchDispatchMode):
         return [(seconds * 1e6, name, calls) for name, (seconds, calls) in merged.items()]
 
 
-def _self_times(forward, crop: torch.Tensor, device: str) -> tuple[float, list[tuple]]:
-    """Wall time of one forward (us) and (self us, operator, calls) for its operators: device
-    time from ``torch.profiler`` on a GPU, :class:`OperatorTimer` on the CPU."""
-    if not device.startswith("cuda"):
-        timer = OperatorTimer()
-        with timer:
+def _self_times(forward, crop: torch.Tensor, device: str,
+                timer: bool) -> tuple[float, list[tuple]]:
+    """Wall time of one forward (us) and (self us, operator, calls) for its operators: from
+    :class:`OperatorTimer` with ``timer`` (an eager CPU forward), else from ``torch.profiler``
+    (device time on a GPU; a compiled forward, which runs uncompiled under a dispatch mode)."""
+    if timer:
+        operators = OperatorTimer()
+        with operators:
             start = time.perf_counter()
             forward(crop)
             wall_us = (time.perf_counter() - start) * 1e6
-        return wall_us, timer.totals()
+        return wall_us, operators.totals()
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         synchronize(device)
         start = time.perf_counter()
         forward(crop)
         synchronize(device)
         wall_us = (time.perf_counter() - start) * 1e6
     return wall_us, [(float(getattr(event, "self_device_time_total", 0.0)
-                            or getattr(event, "self_cuda_time_total", 0.0)),
-                      event.key, int(event.count)) for event in prof.key_averages()]
+                            or getattr(event, "self_cuda_time_total", 0.0)) if cuda
+                      else float(event.self_cpu_time_total), event.key, int(event.count))
+                     for event in prof.key_averages()]
 
 
-def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
-    """Self time by kind of operator over one timed forward, as shares of its wall time
-    (device time on a GPU); the ``top`` other operators by self time."""
-    cuda = device.startswith("cuda")
-    wall_us, times = _self_times(forward, crop, device)
+def profile_forward(forward, crop: torch.Tensor, device: str, top: int, timer: bool) -> dict:
+    """Self time by kind of operator over one timed forward (:func:`_self_times`), as shares
+    of its wall time (device time on a GPU); the ``top`` other operators by self time."""
+    wall_us, times = _self_times(forward, crop, device, timer)
     totals = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
     others = []
     for self_us, name, calls in times:
@@ -327,14 +332,14 @@ def profile_forward(forward, crop: torch.Tensor, device: str, top: int) -> dict:
     others.sort(reverse=True)
     share = {k: v / wall_us for k, v in totals.items()}
     share["untracked"] = max(0.0, 1.0 - sum(share.values()))
-    return {"profile_wall_s": wall_us / 1e6, "time_base": "device" if cuda else "cpu",
-            "shares": share,
+    return {"profile_wall_s": wall_us / 1e6,
+            "time_base": "device" if device.startswith("cuda") else "cpu", "shares": share,
             "top_other": [{"op": key, "ms": us / 1e3, "share": us / wall_us, "calls": calls}
                           for us, key, calls in others[:top]]}
 
 
-def quietest_profile(forward, crop: torch.Tensor, device: str, top: int, tries: int = 3,
-                     steady: int = 256) -> dict:
+def quietest_profile(forward, crop: torch.Tensor, device: str, top: int, timer: bool,
+                     tries: int = 3, steady: int = 256) -> dict:
     """:func:`profile_forward` up to ``tries`` times, until a timed forward touches fewer than
     ``steady`` new pages; the one that touched the fewest, with that count. A forward can still
     grow the heap after the warm-up (the crop's 150 MB of scores, now and then), and each
@@ -342,7 +347,7 @@ def quietest_profile(forward, crop: torch.Tensor, device: str, top: int, tries: 
     best: dict | None = None
     for _ in range(tries):
         before = minor_faults()
-        profile = profile_forward(forward, crop, device, top)
+        profile = profile_forward(forward, crop, device, top, timer)
         profile["profile_faults"] = minor_faults() - before
         if best is None or profile["profile_faults"] < best["profile_faults"]:
             best = profile
@@ -414,7 +419,8 @@ def measure(spec: str, precision: str, device: str, repeat: int, threads: int, t
               for seconds, before, after in zip(times, rates, rates[1:], strict=False)]
     row["share"] = statistics.median(shares)
     row["share_range"] = [min(shares), max(shares)]
-    row.update(quietest_profile(runner.forward, crop, device, top))
+    row.update(quietest_profile(runner.forward, crop, device, top,
+                                timer=not (compile_model or device.startswith("cuda"))))
     row["gemm_after"] = gemm_rate(device, dtype, gemm_size)
     row["gemm"] = statistics.median(rates)
     # The share if nothing ran between the matrix products: the products' own rate.
